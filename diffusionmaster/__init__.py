@@ -1,0 +1,64 @@
+"""diffusionmaster: a synchronous, thread-safe client of the DiffusionMaster
+image-generation WebSocket API.
+
+Quickstart::
+
+    import diffusionmaster
+
+    with diffusionmaster.Client() as client:  # key from DIFFUSIONMASTER_API_KEY
+        for image in client.text2img("a lighthouse at dawn", number_results=2):
+            image.save(".")
+"""
+
+from __future__ import annotations
+
+from .client import ENDPOINTS, Client, GenerationOptions
+from .config import DEFAULT, Heartbeat, Reconnect
+from .errors import (
+    AuthenticationError,
+    ClientClosedError,
+    ConnectionFailedError,
+    DiffusionMasterError,
+    InvalidArgumentError,
+    ProtocolError,
+    ReentrancyError,
+    RequestTimeoutError,
+    SessionExpiredError,
+    TaskError,
+)
+from .models import ControlNet, Image, Lora, UploadedImage
+from .supervisor import State
+from .tables import ControlMode, Model, Scheduler, Size, Style, TaskType
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT",
+    "ENDPOINTS",
+    "AuthenticationError",
+    "Client",
+    "ClientClosedError",
+    "ConnectionFailedError",
+    "ControlMode",
+    "ControlNet",
+    "DiffusionMasterError",
+    "GenerationOptions",
+    "Heartbeat",
+    "Image",
+    "InvalidArgumentError",
+    "Lora",
+    "Model",
+    "ProtocolError",
+    "Reconnect",
+    "ReentrancyError",
+    "RequestTimeoutError",
+    "Scheduler",
+    "SessionExpiredError",
+    "Size",
+    "State",
+    "Style",
+    "TaskError",
+    "TaskType",
+    "UploadedImage",
+    "__version__",
+]

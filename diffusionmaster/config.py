@@ -1,0 +1,115 @@
+"""Small immutable configuration objects, and the deadline helper.
+
+All durations are seconds (``float``); ``None`` means "no limit" where allowed.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Final
+
+import attrs
+
+from .errors import InvalidArgumentError
+
+__all__ = ["DEFAULT", "Deadline", "DefaultType", "Heartbeat", "Reconnect"]
+
+
+class DefaultType(enum.Enum):
+    """Type of :data:`DEFAULT`, the "use the client's default" sentinel."""
+
+    DEFAULT = "DEFAULT"
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+#: Passed as ``timeout=`` (the default): use the client's configured timeout.
+DEFAULT: Final = DefaultType.DEFAULT
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value < 0:
+        raise InvalidArgumentError(attribute.name, f"must be >= 0, got {value!r}")
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value <= 0:
+        raise InvalidArgumentError(attribute.name, f"must be > 0, got {value!r}")
+
+
+@attrs.frozen
+class Reconnect:
+    """How the client recovers a dropped connection.
+
+    The first attempt is immediate; then the delay grows from ``min_delay`` by
+    ``multiplier`` up to ``max_delay``, each delay shortened by up to ``jitter``
+    (a fraction) at random. Attempts to resume the session go on for
+    ``resume_window`` seconds after the drop: the server keeps undelivered results
+    that long (120 s), so giving up earlier would lose them and going on longer
+    could not recover them. Past the window, waiting calls fail with
+    :class:`~diffusionmaster.ConnectionFailedError` and the client keeps trying,
+    every ``max_delay``, to open a new session for new calls.
+
+    Attributes:
+        enabled: reconnect at all (False: a drop fails waiting calls at once).
+        resume_window: seconds the server keeps a session's results (protocol: 120).
+        min_delay: delay before the second attempt.
+        max_delay: the longest delay between attempts.
+        multiplier: growth of the delay per attempt.
+        jitter: fraction of each delay removed at random (0 to 1).
+        resend_unanswered: after a resume, re-send (same task UUID) the tasks that had
+            received nothing. Off by default: see the README, "Reconnect and resume".
+    """
+
+    enabled: bool = True
+    resume_window: float = attrs.field(default=120.0, validator=_non_negative)
+    min_delay: float = attrs.field(default=0.25, validator=_non_negative)
+    max_delay: float = attrs.field(default=8.0, validator=_non_negative)
+    multiplier: float = attrs.field(default=2.0, validator=_positive)
+    jitter: float = attrs.field(default=0.5, validator=_non_negative)
+    resend_unanswered: bool = False
+
+
+@attrs.frozen
+class Heartbeat:
+    """The application-level heartbeat (``{"ping": true}``).
+
+    When nothing has been sent or received for ``interval`` seconds the client
+    sends a ping; if no frame at all arrives within ``timeout`` seconds after it,
+    the connection is taken as dead and the client reconnects. With the defaults
+    a dead or frozen link is found within 20 s, and an idle connection sends a
+    frame every 10 s, well inside the server's 120 s idle close.
+
+    Attributes:
+        interval: idle seconds before a ping; None turns the heartbeat off.
+        timeout: seconds to wait for an answer to a ping.
+    """
+
+    interval: float | None = 10.0
+    timeout: float = attrs.field(default=10.0, validator=_positive)
+
+
+class Deadline:
+    """A point in time on the monotonic clock, for operations with several steps."""
+
+    __slots__ = ("_end",)
+
+    def __init__(self, timeout: float | None) -> None:
+        self._end = None if timeout is None else time.monotonic() + timeout
+
+    @property
+    def unlimited(self) -> bool:
+        """True when there is no deadline."""
+        return self._end is None
+
+    def remaining(self) -> float | None:
+        """Seconds left (never negative), or None when unlimited."""
+        if self._end is None:
+            return None
+        return max(0.0, self._end - time.monotonic())
+
+    def expired(self) -> bool:
+        """True once the deadline has passed."""
+        return self._end is not None and time.monotonic() >= self._end

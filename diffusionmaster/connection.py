@@ -1,0 +1,160 @@
+"""One authenticated WebSocket: the handshake, and the reader thread.
+
+:func:`authenticate` opens a socket and performs the ``newConnection`` handshake
+in the calling thread. :class:`Connection` then owns that socket: its reader
+thread (``diffusionmaster-reader``) decodes every frame and hands the event to a
+callback, and reports the end of the connection exactly once.
+
+Threading invariants:
+
+- The reader thread only blocks on the socket. It never runs user code: the
+  ``on_event`` callback it is given routes events into queues and returns.
+- ``send`` may be called from any thread (the transport serialises sends).
+- ``on_lost`` runs once, on the reader thread, when the socket ends for any
+  reason (close frame, error, or ``abort()`` from another thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import protocol
+from ._transport import Transport
+from .config import Deadline
+from .errors import AuthenticationError, ConnectionFailedError, ProtocolError
+
+logger = logging.getLogger("diffusionmaster.connection")
+
+INVALID_API_KEY = 19
+
+#: Marks the threads of the library, so that a blocking call made on one of them
+#: (from a callback or listener) fails fast instead of deadlocking.
+internal_thread = threading.local()
+
+
+def authenticate(
+    url: str,
+    api_key: str,
+    session_uuid: str | None,
+    *,
+    timeout: float | None,
+    options: dict[str, Any],
+) -> tuple[Transport, str]:
+    """Connect to ``url`` and authenticate; return the transport and the session UUID.
+
+    With ``session_uuid`` the server is asked to resume that session; it answers
+    with the same UUID when it could, a different one when it could not.
+
+    Raises:
+        AuthenticationError: the server refused the key (errorId 19).
+        ConnectionFailedError: the network failed, the handshake timed out, or the
+            server closed the connection before answering.
+    """
+    deadline = Deadline(timeout)
+    transport = Transport.connect(url, timeout=deadline.remaining(), **options)
+    try:
+        transport.send(protocol.encode(protocol.NewConnection(api_key, session_uuid)))
+        while True:
+            transport.settimeout(deadline.remaining())
+            data = transport.recv()
+            if data is None:
+                raise ConnectionFailedError(
+                    f"server closed the connection during authentication "
+                    f"(close code {transport.close_code})"
+                )
+            event = protocol.decode(data)
+            if isinstance(event, protocol.SessionEstablished):
+                transport.settimeout(None)
+                return transport, event.connection_session_uuid
+            if isinstance(event, protocol.ServerError) and event.task_uuid is None:
+                if event.error_id == INVALID_API_KEY:
+                    raise AuthenticationError(
+                        f"the server refused the API key: {event.error_message}",
+                        error_id=event.error_id,
+                    )
+                raise ConnectionFailedError(
+                    f"the server refused the connection (errorId {event.error_id}): "
+                    f"{event.error_message}"
+                )
+            logger.debug("ignoring %s before authentication", type(event).__name__)
+    except BaseException:
+        transport.abort()
+        raise
+
+
+class Connection:
+    """An authenticated socket and its reader thread. Thread-safe."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        session_uuid: str,
+        *,
+        on_event: Callable[[protocol.Event], None],
+        on_lost: Callable[[Connection, BaseException | None], None],
+    ) -> None:
+        self.transport = transport
+        self.session_uuid = session_uuid
+        self._on_event = on_event
+        self._on_lost = on_lost
+        now = time.monotonic()
+        #: monotonic time of the last frame received / sent (for the heartbeat)
+        self.last_received = now
+        self.last_sent = now
+        self._reader = threading.Thread(
+            target=self._read_loop, name="diffusionmaster-reader", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start the reader thread."""
+        self._reader.start()
+
+    def send(self, text: str) -> None:
+        """Send one frame.
+
+        Raises:
+            ConnectionFailedError: the connection is broken.
+        """
+        self.transport.send(text)
+        self.last_sent = time.monotonic()
+
+    def abort(self) -> None:
+        """Cut the connection at once; the reader reports it lost."""
+        self.transport.abort()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Close the connection and wait (up to ``timeout``) for the reader to end."""
+        self.transport.close()
+        if self._reader.is_alive() and self._reader is not threading.current_thread():
+            self._reader.join(timeout)
+
+    def _read_loop(self) -> None:
+        internal_thread.active = True
+        reason: BaseException | None = None
+        try:
+            while True:
+                data = self.transport.recv()
+                if data is None:
+                    reason = ConnectionFailedError(
+                        f"server closed the connection (close code {self.transport.close_code})"
+                    )
+                    break
+                self.last_received = time.monotonic()
+                try:
+                    event = protocol.decode(data)
+                except ProtocolError as exc:
+                    # One bad frame must not take the connection down with it.
+                    logger.warning("ignoring a frame that cannot be decoded: %s", exc)
+                    continue
+                self._on_event(event)
+        except ConnectionFailedError as exc:
+            reason = exc
+        except BaseException as exc:  # pragma: no cover - a bug; keep the client alive
+            logger.exception("reader thread failed")
+            reason = exc
+        finally:
+            self._on_lost(self, reason)

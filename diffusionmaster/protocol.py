@@ -1,0 +1,536 @@
+"""The wire protocol (../shared/protocol.md): message classes, the converter,
+``encode`` and ``decode``. Pure: no sockets, no threads, no clocks.
+
+Every frame is one JSON object. Requests and replies are wrapped in one
+top-level key naming the message (``{"newTask": {...}}``); errors are flat
+(``{"error": true, ...}``) and the heartbeat is ``{"ping": true}`` /
+``{"pong": true}``.
+
+The message classes below are snake_case attrs classes; each field's wire name
+is kept in its metadata (``wire("taskUUID")``) and read by this module's own
+:data:`converter` (never cattrs' global one). Optional fields left at ``None``
+are omitted from the frame.
+
+Choices where protocol.md leaves a point open (tested in tests/test_protocol.py):
+
+- **Directions.** ``newUpscaleGan``, ``newRemoveBackground`` and
+  ``newPreProcessControlNet`` name both a request and its reply, so there are two
+  decoders: :func:`decode` reads server frames (what the client receives) and
+  :func:`decode_request` reads client frames (what a server receives).
+- **Replies of the upscale and background-removal tasks** have the shape of
+  ``newImages`` and decode to the same :class:`ImagesResult`, whose ``kind`` keeps
+  the top-level key.
+- **ControlNet preprocess replies** decode to :class:`PreprocessResult` (the Go
+  shape); a ``newImages`` frame for that task decodes to :class:`ImagesResult`,
+  and the client accepts either (house rule 8).
+- **Strict primitives.** A field typed ``str`` must be a JSON string, ``int`` a
+  JSON integer (``true`` is not an integer), ``float`` any JSON number, ``bool``
+  a JSON boolean. Nothing is coerced: ``null`` for a required field is an error.
+  ``null`` for an optional field reads as absent.
+- **Unknown frames and fields.** A frame whose top-level key is unknown decodes
+  to :class:`Unknown` (the client logs it at DEBUG and goes on); unknown fields
+  inside a known frame are ignored. An error frame's ``errorId`` that is not an
+  integer is kept as ``None`` (only the message matters then).
+- **Malformed input** (invalid JSON, a frame that is not an object, a known
+  frame missing a required field or with a field of the wrong type) raises
+  :class:`~diffusionmaster.errors.ProtocolError` naming the frame and the field.
+- **offset** is always sent (0 unless paging), like every official SDK.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar, Union
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from .errors import ProtocolError
+
+__all__ = [
+    "ControlNetItem",
+    "Event",
+    "ImageItem",
+    "ImageTask",
+    "ImageUpload",
+    "ImagesResult",
+    "LoraItem",
+    "NewConnection",
+    "Ping",
+    "Pong",
+    "PreprocessControlNet",
+    "PreprocessResult",
+    "PromptEnhance",
+    "RemoveBackground",
+    "Request",
+    "ReverseImageClip",
+    "ServerError",
+    "SessionEstablished",
+    "TextItem",
+    "TextsResult",
+    "Unknown",
+    "UploadResult",
+    "UpscaleGan",
+    "converter",
+    "decode",
+    "decode_request",
+    "encode",
+]
+
+T = TypeVar("T")
+
+
+def wire(name: str, default: Any = attrs.NOTHING, **kwargs: Any) -> Any:
+    """An attrs field whose wire name is ``name``."""
+    return attrs.field(default=default, metadata={"wire": name}, **kwargs)
+
+
+def opt(name: str, **kwargs: Any) -> Any:
+    """An optional attrs field (default None, omitted from frames) named ``name`` on the wire."""
+    return wire(name, None, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Requests (client -> server)
+# ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class NewConnection:
+    """Authenticate; with ``connection_session_uuid`` set, resume that session (§2)."""
+
+    KEY: ClassVar[str] = "newConnection"
+    api_key: str = wire("apiKey", repr=False)
+    connection_session_uuid: str | None = opt("connectionSessionUUID")
+
+
+@attrs.frozen
+class LoraItem:
+    """One LoRA of a ``newTask`` (§3)."""
+
+    model_id: str = wire("modelId")
+    weight: float = wire("weight")
+
+
+@attrs.frozen
+class ControlNetItem:
+    """One ControlNet of a ``newTask`` (§3)."""
+
+    preprocessor: str = wire("preprocessor")
+    weight: float = wire("weight")
+    guide_image_uuid: str | None = opt("guideImageUUID")
+    guide_image_url: str | None = opt("guideImageUrl")
+    start_step: int | None = opt("startStep")
+    end_step: int | None = opt("endStep")
+    start_step_percentage: float | None = opt("startStepPercentage")
+    end_step_percentage: float | None = opt("endStepPercentage")
+    control_mode: str | None = opt("controlMode")
+    low_threshold_canny: int | None = opt("lowThresholdCanny")
+    high_threshold_canny: int | None = opt("highThresholdCanny")
+
+
+@attrs.frozen
+class ImageTask:
+    """``newTask``: text-to-image, image-to-image, inpainting, ControlNet (§3)."""
+
+    KEY: ClassVar[str] = "newTask"
+    task_uuid: str = wire("taskUUID")
+    task_type: int = wire("taskType")
+    prompt_text: str = wire("promptText")
+    number_results: int = wire("numberResults")
+    model_id: int | str = wire("modelId")
+    size_id: int = wire("sizeId")
+    offset: int = wire("offset", 0)
+    steps: int | None = opt("steps")
+    g_scale: float | None = opt("gScale")
+    seed: int | None = opt("seed")
+    use_cache: bool | None = opt("useCache")
+    scheduler_id: int | None = opt("schedulerId")
+    style_id: int | None = opt("styleId")
+    clip_skip: int | None = opt("clipSkip")
+    prompt_language_id: int | None = opt("promptLanguageId")
+    check_nsfw: bool | None = opt("checkNsfw")
+    use_prompt_weighting: bool | None = opt("usePromptWeighting")
+    return_base64_image: bool | None = opt("returnBase64Image")
+    image_initiator_uuid: str | None = opt("imageInitiatorUUID")
+    image_mask_initiator_uuid: str | None = opt("imageMaskInitiatorUUID")
+    lora: list[LoraItem] | None = opt("lora")
+    control_net: list[ControlNetItem] | None = opt("controlNet")
+
+
+@attrs.frozen
+class ImageUpload:
+    """``newImageUpload`` (§4): ``image_base64`` is a data URI or plain base64."""
+
+    KEY: ClassVar[str] = "newImageUpload"
+    task_uuid: str = wire("taskUUID")
+    image_base64: str = wire("imageBase64", repr=False)
+    task_type: int = wire("taskType", 7)
+
+
+@attrs.frozen
+class ReverseImageClip:
+    """``newReverseImageClip``: image to text (§5)."""
+
+    KEY: ClassVar[str] = "newReverseImageClip"
+    task_uuid: str = wire("taskUUID")
+    image_uuid: str = wire("imageUUID")
+
+
+@attrs.frozen
+class UpscaleGan:
+    """``newUpscaleGan`` request: upscale by 2, 3 or 4 (§5)."""
+
+    KEY: ClassVar[str] = "newUpscaleGan"
+    task_uuid: str = wire("taskUUID")
+    image_uuid: str = wire("imageUUID")
+    upscale_factor: int = wire("upscaleFactor")
+
+
+@attrs.frozen
+class RemoveBackground:
+    """``newRemoveBackground`` request (§5)."""
+
+    KEY: ClassVar[str] = "newRemoveBackground"
+    task_uuid: str = wire("taskUUID")
+    image_uuid: str = wire("imageUUID")
+    task_type: int = wire("taskType", 8)
+
+
+@attrs.frozen
+class PromptEnhance:
+    """``newPromptEnhance`` (§5)."""
+
+    KEY: ClassVar[str] = "newPromptEnhance"
+    task_uuid: str = wire("taskUUID")
+    prompt: str = wire("prompt")
+    prompt_max_length: int = wire("promptMaxLength", 380)
+    prompt_versions: int = wire("promptVersions", 1)
+    prompt_language_id: int | None = opt("promptLanguageId")
+
+
+@attrs.frozen
+class PreprocessControlNet:
+    """``newPreProcessControlNet`` request (§5)."""
+
+    KEY: ClassVar[str] = "newPreProcessControlNet"
+    task_uuid: str = wire("taskUUID")
+    pre_processor_type: str = wire("preProcessorType")
+    guide_image_uuid: str = wire("guideImageUUID")
+    task_type: int = wire("taskType", 11)
+    width: int | None = opt("width")
+    height: int | None = opt("height")
+    low_threshold_canny: int | None = opt("lowThresholdCanny")
+    high_threshold_canny: int | None = opt("highThresholdCanny")
+    include_hands_and_face_open_pose: bool | None = opt("includeHandsAndFaceOpenPose")
+    guide_image_mask_uuid: str | None = opt("guideImageMaskUUID")
+
+
+@attrs.frozen
+class Ping:
+    """The heartbeat request ``{"ping": true}``."""
+
+
+Request = Union[
+    NewConnection,
+    ImageTask,
+    ImageUpload,
+    ReverseImageClip,
+    UpscaleGan,
+    RemoveBackground,
+    PromptEnhance,
+    PreprocessControlNet,
+    Ping,
+]
+
+# ---------------------------------------------------------------------------
+# Events (server -> client)
+# ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SessionEstablished:
+    """``newConnectionSessionUUID``: authentication succeeded (§2.1)."""
+
+    KEY: ClassVar[str] = "newConnectionSessionUUID"
+    connection_session_uuid: str = wire("connectionSessionUUID")
+
+
+@attrs.frozen
+class ServerError:
+    """A flat error frame (§6). Without ``task_uuid`` it concerns the connection."""
+
+    error_message: str = wire("errorMessage", "")
+    error_id: int | None = opt("errorId")
+    task_uuid: str | None = opt("taskUUID")
+
+
+@attrs.frozen
+class Pong:
+    """The heartbeat reply ``{"pong": true}``."""
+
+
+@attrs.frozen
+class ImageItem:
+    """One image of a ``newImages`` (or upscale / background-removal) reply."""
+
+    task_uuid: str = wire("taskUUID")
+    image_uuid: str = wire("imageUUID")
+    image_src: str | None = opt("imageSrc")
+    nsfw: bool | None = opt("bNSFWContent")
+    cost: float | None = opt("cost")
+    image_alt_text: str | None = opt("imageAltText")
+    image_base64_data: str | None = opt("imageBase64Data", repr=False)
+
+
+@attrs.frozen
+class ImagesResult:
+    """Images for one or more tasks (``newImages``, ``newUpscaleGan``, ``newRemoveBackground``)."""
+
+    KEYS: ClassVar[tuple[str, ...]] = ("newImages", "newUpscaleGan", "newRemoveBackground")
+    images: list[ImageItem] = wire("images")
+    total_available_results: int | None = opt("totalAvailableResults")
+    kind: str = attrs.field(default="newImages", metadata={"wire": None})
+
+
+@attrs.frozen
+class UploadResult:
+    """``newUploadedImageUUID``: an upload was stored (§4)."""
+
+    KEY: ClassVar[str] = "newUploadedImageUUID"
+    task_uuid: str = wire("taskUUID")
+    new_image_uuid: str = wire("newImageUUID")
+    new_image_src: str | None = opt("newImageSrc")
+
+
+@attrs.frozen
+class TextItem:
+    """One text of a caption or prompt-enhancer reply."""
+
+    task_uuid: str = wire("taskUUID")
+    text: str = wire("text")
+
+
+@attrs.frozen
+class TextsResult:
+    """Texts for one or more tasks (``newReverseClip``, ``newPromptEnhancer``)."""
+
+    KEYS: ClassVar[tuple[str, ...]] = ("newReverseClip", "newPromptEnhancer")
+    texts: list[TextItem] = wire("texts")
+    kind: str = attrs.field(default="newReverseClip", metadata={"wire": None})
+
+
+@attrs.frozen
+class PreprocessResult:
+    """``newPreProcessControlNet`` reply, in the Go SDK's shape (§5)."""
+
+    KEY: ClassVar[str] = "newPreProcessControlNet"
+    task_uuid: str = wire("taskUUID")
+    new_image_uuid: str = wire("newImageUUID")
+    new_image_src: str | None = opt("newImageSrc")
+    init_image_uuid: str | None = opt("initImageUUID")
+    nsfw: bool | None = opt("nNsfwContent")
+
+
+@attrs.frozen
+class Unknown:
+    """A frame this version does not know (ignored by the client, logged at DEBUG)."""
+
+    key: str
+    payload: Any = attrs.field(repr=False)
+
+
+Event = Union[
+    SessionEstablished,
+    ServerError,
+    Pong,
+    ImagesResult,
+    UploadResult,
+    TextsResult,
+    PreprocessResult,
+    Unknown,
+]
+
+# ---------------------------------------------------------------------------
+# The converter
+# ---------------------------------------------------------------------------
+
+
+def _strict(kind: type[Any], name: str, accept: Callable[[Any], bool]) -> Callable[[Any, Any], Any]:
+    def hook(value: Any, _: Any) -> Any:
+        if not accept(value):
+            raise TypeError(f"expected {name}, got {type(value).__name__} {value!r:.40}")
+        return kind(value) if kind is float else value
+
+    return hook
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _model_id(value: Any, _: Any) -> int | str:
+    if _is_int(value) or isinstance(value, str):
+        return value  # type: ignore[no-any-return]
+    raise TypeError(f"expected integer or string, got {type(value).__name__} {value!r:.40}")
+
+
+converter = cattrs.Converter(detailed_validation=False)
+converter.register_structure_hook(str, _strict(str, "string", lambda v: isinstance(v, str)))
+converter.register_structure_hook(int, _strict(int, "integer", _is_int))
+converter.register_structure_hook(
+    float, _strict(float, "number", lambda v: _is_int(v) or isinstance(v, float))
+)
+converter.register_structure_hook(bool, _strict(bool, "boolean", lambda v: isinstance(v, bool)))
+converter.register_structure_hook(int | str, _model_id)
+
+_MESSAGE_CLASSES: tuple[type[Any], ...] = (
+    NewConnection, LoraItem, ControlNetItem, ImageTask, ImageUpload, ReverseImageClip,
+    UpscaleGan, RemoveBackground, PromptEnhance, PreprocessControlNet,
+    SessionEstablished, ServerError, ImageItem, ImagesResult, UploadResult, TextItem,
+    TextsResult, PreprocessResult,
+)  # fmt: skip
+
+
+def _register(cls: type[Any]) -> None:
+    """Register the hooks of one message class, with its wire names."""
+    fields = attrs.fields(cls)
+    unstructure: dict[str, Any] = {
+        f.name: override(rename=f.metadata["wire"], omit_if_default=f.default is None)
+        if f.metadata["wire"]
+        else override(omit=True)
+        for f in fields
+    }
+    structure: dict[str, Any] = {
+        f.name: override(rename=f.metadata["wire"]) if f.metadata["wire"] else override(omit=True)
+        for f in fields
+    }
+    converter.register_unstructure_hook(
+        cls, make_dict_unstructure_fn(cls, converter, **unstructure)
+    )
+    converter.register_structure_hook(cls, make_dict_structure_fn(cls, converter, **structure))
+
+
+for _cls in _MESSAGE_CLASSES:
+    _register(_cls)
+
+# ---------------------------------------------------------------------------
+# encode / decode
+# ---------------------------------------------------------------------------
+
+
+def encode(message: Request) -> str:
+    """Serialise a request into the text of one frame.
+
+    Args:
+        message: any request class of this module.
+
+    Returns:
+        The JSON text, e.g. ``{"newTask":{"taskUUID":"...",...}}``.
+    """
+    if isinstance(message, Ping):
+        return '{"ping":true}'
+    body = converter.unstructure(message)
+    return json.dumps({message.KEY: body}, separators=(",", ":"), ensure_ascii=False)
+
+
+_EVENT_KEYS: dict[str, type[Any]] = {
+    SessionEstablished.KEY: SessionEstablished,
+    UploadResult.KEY: UploadResult,
+    PreprocessResult.KEY: PreprocessResult,
+    **{key: ImagesResult for key in ImagesResult.KEYS},
+    **{key: TextsResult for key in TextsResult.KEYS},
+}
+
+_REQUEST_KEYS: dict[str, type[Any]] = {
+    cls.KEY: cls
+    for cls in (
+        NewConnection, ImageTask, ImageUpload, ReverseImageClip, UpscaleGan,
+        RemoveBackground, PromptEnhance, PreprocessControlNet,
+    )
+}  # fmt: skip
+
+
+def _load(text: str | bytes) -> dict[str, Any]:
+    try:
+        frame = json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(f"malformed JSON frame: {exc}") from exc
+    if not isinstance(frame, dict):
+        raise ProtocolError(f"frame is a JSON {type(frame).__name__}, expected an object")
+    return frame
+
+
+def _structure(key: str, body: Any, cls: type[T]) -> T:
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{key}: expected an object, got {type(body).__name__}")
+    try:
+        return converter.structure(body, cls)
+    except KeyError as exc:
+        raise ProtocolError(f"{key}: missing required field {exc.args[0]!r}") from exc
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ProtocolError(f"{key}: invalid field: {exc}") from exc
+
+
+def _error(frame: dict[str, Any]) -> ServerError:
+    error_id = frame.get("errorId")
+    task_uuid = frame.get("taskUUID")
+    message = frame.get("errorMessage")
+    return ServerError(
+        error_message=message if isinstance(message, str) else str(message or ""),
+        error_id=error_id if _is_int(error_id) else None,
+        task_uuid=task_uuid if isinstance(task_uuid, str) else None,
+    )
+
+
+def decode(text: str | bytes) -> Event:
+    """Parse one frame received from the server.
+
+    Args:
+        text: the frame's text (``str`` or UTF-8 ``bytes``).
+
+    Returns:
+        An event: :class:`SessionEstablished`, :class:`ServerError`, :class:`Pong`,
+        :class:`ImagesResult`, :class:`UploadResult`, :class:`TextsResult`,
+        :class:`PreprocessResult`, or :class:`Unknown` for a frame it does not know.
+
+    Raises:
+        ProtocolError: malformed JSON, or a known frame with a missing or mistyped field.
+    """
+    frame = _load(text)
+    if frame.get("error"):
+        return _error(frame)
+    if frame.get("pong") is True:
+        return Pong()
+    if len(frame) == 1:
+        key, body = next(iter(frame.items()))
+        cls = _EVENT_KEYS.get(key)
+        if cls is not None:
+            event = _structure(key, body, cls)
+            if cls is ImagesResult or cls is TextsResult:
+                event = attrs.evolve(event, kind=key)
+            return event  # type: ignore[no-any-return]
+    key = next(iter(frame), "")
+    return Unknown(key=key, payload=frame)
+
+
+def decode_request(text: str | bytes) -> Request | Unknown:
+    """Parse one frame sent by a client (the server's side of :func:`decode`).
+
+    Returns:
+        A request class of this module, or :class:`Unknown`.
+
+    Raises:
+        ProtocolError: malformed JSON, or a known frame with a missing or mistyped field.
+    """
+    frame = _load(text)
+    if frame.get("ping") is True:
+        return Ping()
+    if len(frame) == 1:
+        key, body = next(iter(frame.items()))
+        cls = _REQUEST_KEYS.get(key)
+        if cls is not None:
+            return _structure(key, body, cls)  # type: ignore[no-any-return]
+    return Unknown(key=next(iter(frame), ""), payload=frame)
