@@ -483,7 +483,7 @@ class Supervisor:
             failed = self._take_pending(lambda p: p.session is not None)
         window = self._reconnect.resume_window
         logger.warning(
-            "could not reconnect within the %.0f s resume window; %d waiting tasks failed",
+            "could not reconnect within the %g s resume window; %d waiting tasks failed",
             window, len(failed),
         )  # fmt: skip
         for pending in failed:

@@ -352,3 +352,60 @@ def test_closed_client_during_reconnect_fails_calls(emu: Emulator) -> None:
         thread.join(seconds(2))
         emu.thaw()
     assert isinstance(outcome["error"], ClientClosedError)
+
+
+def test_give_up_after_the_resume_window_then_recover() -> None:
+    """Past the resume window waiting calls fail with ConnectionFailedError; later calls work."""
+    first = Emulator(api_keys=[API_KEY]).start()
+    port = first.port
+    reconnect = Reconnect(resume_window=0.5, min_delay=0.02, max_delay=0.1)
+    with make_client(first, reconnect=reconnect, timeout=seconds(30)) as client:
+        states = States(client)
+        first.withhold_frames()
+        thread, outcome = _in_thread(client.text2img, "stranded")
+        assert first.wait_for(lambda: len(_tasks(first)) == 1, seconds(5))
+        first.close()
+        thread.join(seconds(10))
+        error = outcome["error"]
+        assert isinstance(error, diffusionmaster.ConnectionFailedError)
+        assert "could not reconnect within 0.5 s" in str(error)
+        assert client.state is State.RECONNECTING
+        with Emulator(api_keys=[API_KEY], port=port) as second:
+            assert states.wait_for(State.CONNECTED, seconds(10))
+            assert len(client.text2img("back again")) == 1
+            assert client.session_uuid in second.session_uuids()
+
+
+def _child_call(client: diffusionmaster.Client, conn: Any) -> None:
+    # Runs in a forked child: report the session and the result, never raise.
+    try:
+        (image,) = client.text2img("from the child")
+        conn.send(("ok", client.session_uuid, image.task_uuid))
+        client.close()
+    except BaseException as exc:
+        conn.send(("error", repr(exc), None))
+    finally:
+        conn.close()
+
+
+def test_client_reconnects_in_a_forked_child(emu: Emulator) -> None:
+    """A client created before fork() opens its own session in the child; the parent's is intact."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    with make_client(emu) as client:
+        parent_session = client.session_uuid
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=_child_call, args=(client, sender))
+        child.start()
+        assert receiver.poll(seconds(15)), "the child did not answer"
+        status, child_session, task_uuid = receiver.recv()
+        child.join(seconds(5))
+        assert status == "ok", child_session
+        assert child_session != parent_session
+        assert child_session in emu.session_uuids()
+        # the parent's connection was not cut by the child
+        assert client.session_uuid == parent_session
+        assert len(client.text2img("from the parent")) == 1
+    assert task_uuid in {t["taskUUID"] for t in _tasks(emu)}
+    assert child.exitcode == 0
