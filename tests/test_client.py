@@ -271,3 +271,22 @@ def test_close_is_idempotent_and_stops_threads(emulator: Emulator) -> None:
     assert alive == []
     with pytest.raises(ClientClosedError):
         client.text2img("after close")
+
+
+def test_forgotten_close_does_not_block_exit(emulator: Emulator) -> None:
+    """A script that never closes its client still exits promptly."""
+    import subprocess
+    import sys
+
+    script = (
+        "import diffusionmaster\n"
+        f"c = diffusionmaster.Client({API_KEY!r}, url={emulator.url!r})\n"
+        "c.text2img('left open')\n"
+        "print('done')\n"
+    )
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=seconds(20))  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "done"
+    assert time.monotonic() - started < seconds(10)

@@ -42,6 +42,7 @@ from websockets.protocol import State
 
 from diffusionmaster.testing._http import image_response
 from diffusionmaster.testing._tasks import Knobs, TaskRunner, Worker
+from diffusionmaster.testing._logs import websockets_logger
 from diffusionmaster.testing.images import ImageStore
 from diffusionmaster.testing.messages import ErrorId, FrameError
 from diffusionmaster.testing.validation import (
@@ -152,7 +153,7 @@ class Core:
             close_timeout=_CLOSE_TIMEOUT,
             max_size=None,  # uploads of 10+ MB base64
             write_limit=0,  # send() returns once the frame is with the OS (see delivery)
-            logger=logging.getLogger("diffusionmaster.testing.websockets"),
+            logger=websockets_logger(),  # frames at DEBUG, API keys masked
         )
         self.port = self.server.sockets[0].getsockname()[1]
 
