@@ -13,7 +13,7 @@ from collections import defaultdict
 
 from .errors import ConnectionFailedError, RequestTimeoutError
 
-__all__ = ["fetch"]
+__all__ = ["close_idle", "fetch"]
 
 _MAX_IDLE_PER_HOST = 4
 _pool: defaultdict[tuple[str, str, int | None], list[http.client.HTTPConnection]] = defaultdict(
@@ -81,3 +81,12 @@ def fetch(url: str, *, timeout: float | None = 60.0) -> tuple[bytes, str | None]
             conn.close()
         return body, response.getheader("Content-Type")
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def close_idle() -> None:
+    """Close every idle pooled connection; later downloads open new ones."""
+    with _pool_lock:
+        idle = [conn for conns in _pool.values() for conn in conns]
+        _pool.clear()
+    for conn in idle:
+        conn.close()

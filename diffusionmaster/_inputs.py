@@ -1,14 +1,16 @@
 """Image inputs: everything a user may pass where the API takes an image.
 
 :func:`load` turns an input into either the UUID of an image the server already
-has, or the bytes of a local image (checked to be PNG, JPEG or WEBP) that the
-client uploads. Pure apart from reading the file a path names.
+has, or the bytes of a local image (checked to be PNG, JPEG or WEBP by its magic
+bytes) that the client uploads. Pure apart from reading the file a path names;
+Pillow is never imported here (a PIL image can only exist once the user did).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import sys
 import uuid
 from typing import IO, Any, Union
 
@@ -22,8 +24,16 @@ __all__ = ["ImageInput", "load"]
 ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes], Image,
                    UploadedImage, Any]  # fmt: skip
 
+_EXPECTED = (
+    "expected an image: a path, bytes, a binary file object, a PIL image, an image "
+    "UUID, or an Image/UploadedImage result"
+)
+# PIL modes that PNG stores as they are; others (CMYK, YCbCr, F, ...) are converted first.
+_PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
 
-def _is_uuid(text: str) -> bool:
+
+def is_uuid(text: str) -> bool:
+    """Tell whether ``text`` is a UUID (the form of the server's image ids)."""
     try:
         uuid.UUID(text)
     except ValueError:
@@ -33,23 +43,49 @@ def _is_uuid(text: str) -> bool:
 
 def _checked(name: str, data: bytes, origin: str) -> bytes:
     if image_format(data) is None:
-        raise InvalidArgumentError(
-            name, f"{origin} is not a PNG, JPEG or WEBP image (first bytes {data[:8]!r})"
-        )
+        shown = "empty" if not data else f"first bytes {data[:8]!r}"
+        raise InvalidArgumentError(name, f"{origin} is not a PNG, JPEG or WEBP image ({shown})")
     return data
+
+
+def _pil_png(name: str, image: Any) -> bytes:
+    if image.mode not in _PNG_MODES:
+        alpha = "A" in image.getbands()
+        image = image.convert("RGBA" if alpha else "RGB")
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format="PNG")
+    except (OSError, ValueError, KeyError) as exc:
+        raise InvalidArgumentError(name, f"cannot encode the PIL image as PNG: {exc}") from exc
+    return buffer.getvalue()
 
 
 def load(name: str, image: object) -> str | bytes:
     """Return the UUID the input names, or the bytes of a local image.
 
+    Args:
+        name: the parameter's name, for error messages (``"image"``, ``"mask"``...).
+        image: the input: a path (``str`` or ``os.PathLike``), ``bytes`` (or
+            ``bytearray``/``memoryview``), a binary file object (read from its
+            current position), a ``PIL.Image.Image`` (encoded as PNG), an image
+            UUID string, or an :class:`Image` / :class:`UploadedImage` result.
+
+    Returns:
+        The image UUID (a ``str``) of a server-side image, or the file bytes
+        (``bytes``) of a local one.
+
     Raises:
-        InvalidArgumentError: a missing or unreadable file, unsupported data, or an
-            input of another type; the message names the parameter ``name``.
+        InvalidArgumentError: a missing or unreadable file, data that is not PNG,
+            JPEG or WEBP, or an input of another type; the message names ``name``.
     """
     if isinstance(image, (Image, UploadedImage)):
         return image.uuid
-    if isinstance(image, str) and _is_uuid(image):
+    if isinstance(image, str) and is_uuid(image):
         return image
+    if isinstance(image, str) and image.startswith(("http://", "https://")):
+        raise InvalidArgumentError(
+            name, "image URLs are not accepted here: pass the file, its bytes, or an image UUID"
+        )
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         try:
@@ -62,24 +98,16 @@ def load(name: str, image: object) -> str | bytes:
         return _checked(name, data, f"file {path!r}")
     if isinstance(image, (bytes, bytearray, memoryview)):
         return _checked(name, bytes(image), "the data")
+    pil = sys.modules.get("PIL.Image")
+    if pil is not None and isinstance(image, pil.Image):
+        return _pil_png(name, image)
     read = getattr(image, "read", None)
     if callable(read):
         try:
             data = read()
         except (OSError, ValueError) as exc:
             raise InvalidArgumentError(name, f"cannot read the file object: {exc}") from exc
-        if not isinstance(data, bytes):
+        if not isinstance(data, (bytes, bytearray)):
             raise InvalidArgumentError(name, "file objects must be opened in binary mode ('rb')")
-        return _checked(name, data, "the file object")
-    if type(image).__module__.startswith("PIL.") and hasattr(image, "save"):
-        buffer = io.BytesIO()
-        try:
-            image.save(buffer, format="PNG")
-        except (OSError, ValueError) as exc:
-            raise InvalidArgumentError(name, f"cannot encode the PIL image as PNG: {exc}") from exc
-        return buffer.getvalue()
-    raise InvalidArgumentError(
-        name,
-        "expected an image: a path, bytes, a binary file object, a PIL image, an image "
-        f"UUID, or an Image/UploadedImage result; got {type(image).__name__}",
-    )
+        return _checked(name, bytes(data), "the file object")
+    raise InvalidArgumentError(name, f"{_EXPECTED}; got {type(image).__name__}")

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Collection, Iterable
+import re
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
 
 from . import tables
 from .errors import InvalidArgumentError
+from .models import ControlNet, Lora
 
 E = TypeVar("E", bound=enum.IntEnum)
+T = TypeVar("T")
 
 
 def _is_int(value: object) -> bool:
@@ -84,11 +87,23 @@ def choice(name: str, value: object, allowed: Collection[str]) -> str:
     return value
 
 
+#: An AIR model id: ``<source>:<model>@<version>``, e.g. ``civitai:4201@130072``.
+_AIR = re.compile(r"[A-Za-z][A-Za-z0-9_-]*:[0-9]+@[0-9]+")
+
+
+def air(name: str, value: object) -> str:
+    """An AIR model id such as ``civitai:4201@130072``."""
+    if not isinstance(value, str) or not _AIR.fullmatch(value):
+        raise InvalidArgumentError(
+            name, f"must be an AIR model id like 'civitai:4201@130072', got {value!r}"
+        )
+    return value
+
+
 def model(name: str, value: object) -> int | str:
     """A model id of the table (§8.3) or an AIR string such as ``civitai:4201@130072``."""
     if isinstance(value, str):
-        source, sep, rest = value.partition(":")
-        if sep and source and rest:
+        if _AIR.fullmatch(value):
             return value
         raise InvalidArgumentError(
             name, f"a model string must look like 'civitai:4201@130072', got {value!r}"
@@ -98,9 +113,10 @@ def model(name: str, value: object) -> int | str:
 
 def size(name: str, value: object) -> int:
     """A ``sizeId``: a :class:`~diffusionmaster.tables.Size`, an id, or ``(width, height)``."""
-    if isinstance(value, tuple) and len(value) == 2:
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        dimensions = tuple(value)
         for size_id, dims in tables.SIZES.items():
-            if dims == value:
+            if dims == dimensions and all(_is_int(v) for v in dimensions):
                 return size_id
     elif _is_int(value) and value in tables.SIZES:
         return int(value)  # type: ignore[arg-type,unused-ignore]
@@ -110,19 +126,86 @@ def size(name: str, value: object) -> int:
     )
 
 
+def optional(check: Callable[..., T], name: str, value: object, *args: Any) -> T | None:
+    """``check(name, value, *args)``, or None when ``value`` is None."""
+    return None if value is None else check(name, value, *args)
+
+
 def language(name: str, value: object) -> int:
     """A ``promptLanguageId`` from 1 to 298."""
     return integer(name, value, tables.LANGUAGE_IDS.start, tables.LANGUAGE_IDS.stop - 1)
 
 
-def uuid_text(name: str, value: object) -> str:
-    """A UUID string (the server's ids)."""
-    import uuid as _uuid
+#: The server's step count when ``steps`` is absent (protocol §3: "docs default 20");
+#: it bounds the ControlNet steps of such a task.
+DEFAULT_STEPS = 20
 
-    if isinstance(value, str):
-        try:
-            _uuid.UUID(value)
-            return value
-        except ValueError:
-            pass
-    raise InvalidArgumentError(name, f"must be an image UUID string, got {value!r}")
+
+def lora(name: str, item: object) -> tuple[str, float]:
+    """A :class:`~diffusionmaster.Lora`: return its (AIR model id, weight 0 to 1)."""
+    if not isinstance(item, Lora):
+        raise InvalidArgumentError(name, f"must be a Lora(model, weight), got {item!r}")
+    return air(f"{name}.model", item.model), number(f"{name}.weight", item.weight, 0, 1)
+
+
+def _ordered(
+    name: str, first: str, last: str, low: float | None, high: float | None, word: str = "after"
+) -> None:
+    if low is not None and high is not None and low > high:
+        raise InvalidArgumentError(f"{name}.{first}", f"{low} is {word} {last} {high}")
+
+
+def controlnet(name: str, item: object, *, steps: int | None, model_id: int | str) -> ControlNet:
+    """A :class:`~diffusionmaster.ControlNet` whose fields fit protocol §3 and §8.6.
+
+    Args:
+        name: the parameter's name, e.g. ``"controlnet[0]"``.
+        item: the value given.
+        steps: the task's ``steps`` (None: the server default, 20), which bounds
+            ``start_step`` and ``end_step``.
+        model_id: the task's model; SDXL takes fewer preprocessors.
+
+    Returns:
+        ``item``, checked (its guide image is not read here).
+    """
+    if not isinstance(item, ControlNet):
+        raise InvalidArgumentError(
+            name, f"must be a ControlNet(preprocessor, guide_image), got {item!r}"
+        )
+    sdxl = model_id == tables.Model.SDXL_V1_0
+    allowed = tables.CONTROLNET_PREPROCESSORS_SDXL if sdxl else tables.CONTROLNET_PREPROCESSORS
+    preprocessor = choice(f"{name}.preprocessor", item.preprocessor, allowed)
+    if item.guide_image is None:
+        raise InvalidArgumentError(
+            f"{name}.guide_image", "is required: any image input, or an http(s) URL"
+        )
+    number(f"{name}.weight", item.weight, 0, 1)
+    last_step = DEFAULT_STEPS if steps is None else steps
+    start, end = (
+        optional(integer, f"{name}.{field}", getattr(item, field), 0, last_step)
+        for field in ("start_step", "end_step")
+    )
+    _ordered(name, "start_step", "end_step", start, end)
+    start_pct, end_pct = (
+        optional(number, f"{name}.{field}", getattr(item, field), 0, 1)
+        for field in ("start_percentage", "end_percentage")
+    )
+    _ordered(name, "start_percentage", "end_percentage", start_pct, end_pct)
+    if (start is not None or end is not None) and (start_pct is not None or end_pct is not None):
+        raise InvalidArgumentError(
+            name, "give start_step/end_step or start_percentage/end_percentage, not both"
+        )
+    optional(
+        choice, f"{name}.control_mode", item.control_mode, [m.value for m in tables.ControlMode]
+    )
+    low, high = (
+        optional(integer, f"{name}.{field}", getattr(item, field), 0, 255)
+        for field in ("low_threshold_canny", "high_threshold_canny")
+    )
+    if (low is not None or high is not None) and preprocessor != "canny":
+        raise InvalidArgumentError(
+            f"{name}.low_threshold_canny" if low is not None else f"{name}.high_threshold_canny",
+            f"only valid with preprocessor 'canny', not {preprocessor!r}",
+        )
+    _ordered(name, "low_threshold_canny", "high_threshold_canny", low, high, "above")
+    return item

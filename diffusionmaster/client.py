@@ -1,9 +1,10 @@
 """The public blocking client.
 
 Every method validates its arguments first (raising
-:class:`~diffusionmaster.InvalidArgumentError` before anything is sent), uploads
-local image inputs, sends one task and blocks until that task's results arrive
-or its timeout passes. A :class:`Client` is thread-safe: share one per process.
+:class:`~diffusionmaster.InvalidArgumentError` before anything is sent), reads
+local image inputs and uploads them (once per distinct content per client),
+sends one task and blocks until that task's results arrive or its timeout
+passes. A :class:`Client` is thread-safe: share one per process.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
+import attrs
+
 from . import _inputs, _validate, protocol, tables
 from .config import DEFAULT, Deadline, DefaultType, Heartbeat, Reconnect
-from .errors import InvalidArgumentError, ProtocolError, RequestTimeoutError
+from .errors import ClientClosedError, InvalidArgumentError, ProtocolError, RequestTimeoutError
 from .models import ControlNet, Image, Lora, UploadedImage, image_format
 from .supervisor import Pending, State, StateListener, Supervisor
 
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("diffusionmaster.client")
 
-__all__ = ["ENDPOINTS", "Client"]
+__all__ = ["ENDPOINTS", "Client", "GenerationOptions"]
 
 #: The server endpoints by environment (protocol §1).
 ENDPOINTS = {
@@ -76,6 +79,8 @@ class GenerationOptions(TypedDict, total=False):
     """Keyword options of :meth:`Client.text2img`, :meth:`Client.img2img`,
     :meth:`Client.inpaint` and :meth:`Client.stream_images` (protocol §3).
 
+    Any other keyword raises ``TypeError``.
+
     Attributes:
         negative_prompt: what to avoid; sent with the ``-no`` convention
             (``"<prompt> -no <negative_prompt>"``).
@@ -90,16 +95,20 @@ class GenerationOptions(TypedDict, total=False):
         scheduler: a :class:`~diffusionmaster.Scheduler` or its id.
         style: a :class:`~diffusionmaster.Style` or its id.
         clip_skip: 0 to 2.
-        language: the prompt's ``promptLanguageId`` (1 to 298); absent: detected.
+        language_id: the prompt's ``promptLanguageId`` (1 to 298, 1 is English);
+            absent: detected by the server.
         use_cache: allow cached images made from similar settings.
         check_nsfw: run the NSFW check (reported in :attr:`Image.nsfw`).
         prompt_weighting: enable prompt weighting syntax.
         return_base64: deliver the image bytes inside the result, so that
             :meth:`Image.read` needs no download.
         lora: a list of :class:`~diffusionmaster.Lora`.
-        controlnet: a list of :class:`~diffusionmaster.ControlNet`.
+        controlnet: a list of :class:`~diffusionmaster.ControlNet` (taskType 9, or
+            10 with an initial image).
         offset: result offset, to page through cached results (default 0).
-        on_image: called with each :class:`Image` as it arrives, in the calling thread.
+        on_image: called with each :class:`Image` as it arrives, in the calling
+            thread (never on a thread of the client); an exception it raises ends
+            the call.
         timeout: seconds for the whole call (uploads included); default: the client's.
     """
 
@@ -113,7 +122,7 @@ class GenerationOptions(TypedDict, total=False):
     scheduler: tables.Scheduler | int | None
     style: tables.Style | int | None
     clip_skip: int | None
-    language: int | None
+    language_id: int | None
     use_cache: bool | None
     check_nsfw: bool | None
     prompt_weighting: bool | None
@@ -128,10 +137,32 @@ class GenerationOptions(TypedDict, total=False):
 _GENERATION_DEFAULTS: dict[str, Any] = {
     "negative_prompt": None, "number_results": 1, "size": tables.Size.W512_H512,
     "model": tables.Model.REV_ANIMATED_V1_2_2, "steps": None, "guidance": None, "seed": None,
-    "scheduler": None, "style": None, "clip_skip": None, "language": None, "use_cache": None,
+    "scheduler": None, "style": None, "clip_skip": None, "language_id": None, "use_cache": None,
     "check_nsfw": None, "prompt_weighting": None, "return_base64": False, "lora": None,
     "controlnet": None, "offset": 0, "on_image": None, "timeout": DEFAULT,
 }  # fmt: skip
+
+
+@attrs.frozen
+class _Generation:
+    """A checked generation request whose image inputs are read but not yet uploaded."""
+
+    fields: dict[str, Any]  # the scalar ImageTask fields, validated
+    controls: list[ControlNet]
+    guide_urls: dict[int, str]  # controlnet index -> guideImageUrl
+    inputs: dict[str, str | bytes]  # input name -> image UUID or local bytes
+    deadline: Deadline
+    on_image: Callable[[Image], object] | None
+
+
+class _UploadSlot:
+    """An upload in flight: other calls with the same bytes wait for it."""
+
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: UploadedImage | None = None  # None once done: it failed
 
 
 class Client:
@@ -142,6 +173,13 @@ class Client:
     every call receives only its own results. When the connection drops, the
     client reconnects and resumes its session so that waiting calls still get
     their results (see :class:`~diffusionmaster.Reconnect`).
+
+    Wherever a call takes an image, it accepts a path (``str`` or
+    ``os.PathLike``), ``bytes``, a binary file object, a ``PIL.Image.Image``, an
+    image UUID string, or an :class:`~diffusionmaster.Image` /
+    :class:`~diffusionmaster.UploadedImage` result. Local images (PNG, JPEG or
+    WEBP) are uploaded once per distinct content per client; UUIDs and results
+    are sent by reference.
 
     Args:
         api_key: the API key; defaults to the ``DIFFUSIONMASTER_API_KEY`` variable.
@@ -187,9 +225,12 @@ class Client:
                 )
         self.url = url
         self.timeout = timeout
-        self._uploads: dict[str, str] = {}  # sha256 of the bytes -> uploaded image UUID
-        self._uploads_lock = threading.Lock()
+        # _lock guards _uploads, _executor and _closed. _uploads maps the SHA-256 of
+        # uploaded bytes to the result, or to the slot of an upload in flight.
+        self._lock = threading.Lock()
+        self._uploads: dict[bytes, UploadedImage | _UploadSlot] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
         options: dict[str, Any] = {}
         if http_proxy_host:
             options.update(http_proxy_host=http_proxy_host, http_proxy_port=http_proxy_port)
@@ -219,9 +260,10 @@ class Client:
 
         Calls still waiting raise :class:`~diffusionmaster.ClientClosedError` at once.
         """
-        self._supervisor.close()
-        with self._uploads_lock:
+        with self._lock:
+            self._closed = True
             executor, self._executor = self._executor, None
+        self._supervisor.close()
         if executor is not None:
             # The workers' calls were just woken by the close; don't wait for them here.
             executor.shutdown(wait=False, cancel_futures=True)
@@ -287,93 +329,163 @@ class Client:
         finally:
             supervisor.forget(pending)
 
-    def _image_uuids(self, images: dict[str, object], deadline: Deadline) -> dict[str, str]:
-        """The UUIDs of image inputs (None values skipped), uploading local data once per
-        distinct content. Every input is read and checked before any is uploaded, so a
-        bad second input does not leave the first one uploaded for nothing."""
-        loaded = {name: _inputs.load(name, img) for name, img in images.items() if img is not None}
+    @staticmethod
+    def _load_inputs(images: dict[str, object]) -> dict[str, str | bytes]:
+        """Read and check every image input (None values skipped). Nothing is sent, so a
+        bad second input never leaves the first one uploaded for nothing."""
+        return {name: _inputs.load(name, img) for name, img in images.items() if img is not None}
+
+    def _resolve(self, loaded: dict[str, str | bytes], deadline: Deadline) -> dict[str, str]:
+        """The image UUIDs of loaded inputs, uploading local bytes (once per content)."""
         return {
             name: value if isinstance(value, str) else self._upload(value, deadline).uuid
             for name, value in loaded.items()
         }
 
     def _upload(self, data: bytes, deadline: Deadline) -> UploadedImage:
-        digest = hashlib.sha256(data).hexdigest()
-        with self._uploads_lock:
-            known = self._uploads.get(digest)
-        if known is not None:
-            return UploadedImage(known)
+        """Upload ``data`` unless this client already did (or is doing it right now)."""
+        digest = hashlib.sha256(data).digest()
+        while True:
+            with self._lock:
+                entry = self._uploads.get(digest)
+                if entry is None:
+                    slot = self._uploads[digest] = _UploadSlot()
+                    break
+            if isinstance(entry, UploadedImage):
+                return entry
+            # Another call is uploading the same bytes: wait for its result rather than
+            # upload them twice. If it fails, the loop lets this call try in turn.
+            if not entry.done.wait(deadline.remaining()):
+                raise RequestTimeoutError(
+                    "an upload of the same image by another call did not finish in time"
+                )
+            if entry.result is not None:
+                return entry.result
+        try:
+            uploaded = self._send_upload(data, deadline)
+        except BaseException:
+            with self._lock:
+                del self._uploads[digest]
+            slot.done.set()
+            raise
+        with self._lock:
+            self._uploads[digest] = uploaded
+        slot.result = uploaded
+        slot.done.set()
+        return uploaded
+
+    def _send_upload(self, data: bytes, deadline: Deadline) -> UploadedImage:
         kind = image_format(data) or "png"
         request = protocol.ImageUpload(
             task_uuid=_new_uuid(),
             image_base64=f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii"),
         )
         (result,) = self._results(request, 1, deadline)
-        uploaded = UploadedImage(result.new_image_uuid, result.new_image_src, result.task_uuid)
-        with self._uploads_lock:
-            self._uploads[digest] = uploaded.uuid
-        return uploaded
+        return UploadedImage(result.new_image_uuid, result.new_image_src, result.task_uuid)
+
+    def _single_image(self, request: Any, deadline: Deadline) -> Image:
+        (item,) = self._results(request, 1, deadline)
+        if isinstance(item, protocol.PreprocessResult):
+            return Image._from_result(
+                uuid=item.new_image_uuid, url=item.new_image_src, task_uuid=item.task_uuid,
+                nsfw=item.nsfw,
+            )  # fmt: skip
+        return _image(item)
 
     # -- generation --------------------------------------------------------------
 
-    def _generation(
-        self,
-        prompt: str,
-        image: object,
-        mask: object,
-        options: GenerationOptions,
-        deadline: Deadline,
-    ) -> protocol.ImageTask:
-        """Validate every argument, upload the inputs, and build the ``newTask``."""
+    def _prepare(
+        self, prompt: str, image: object, mask: object, options: dict[str, Any]
+    ) -> _Generation:
+        """Check every argument and read the image inputs; nothing is sent."""
         unknown = set(options) - set(GenerationOptions.__annotations__)
         if unknown:
             allowed = ", ".join(GenerationOptions.__annotations__)
             raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}; allowed: {allowed}")
+        if mask is not None and image is None:
+            raise InvalidArgumentError("mask", "inpainting needs image= as well as mask=")
         o: dict[str, Any] = {**_GENERATION_DEFAULTS, **options}
+        deadline = self._deadline(o["timeout"])
+        on_image = o["on_image"]
+        if on_image is not None and not callable(on_image):
+            raise InvalidArgumentError("on_image", f"must be callable, got {on_image!r}")
         prompt_text = _validate.text("prompt", prompt)
         if o["negative_prompt"] is not None:
             prompt_text += " -no " + _validate.text("negative_prompt", o["negative_prompt"])
-        steps = o["steps"]
-        step_count = None if steps is None else _validate.integer("steps", steps, 1, 1000)
-        guidance, seed, use_cache = o["guidance"], o["seed"], o["use_cache"]
-        scheduler, style, clip_skip = o["scheduler"], o["style"], o["clip_skip"]
-        language, check_nsfw, weighting = o["language"], o["check_nsfw"], o["prompt_weighting"]
-        lora_items = [self._lora(i, item) for i, item in enumerate(o["lora"] or ())]
-        task = dict(
-            task_uuid=_new_uuid(),
+        opt, v = _validate.optional, _validate
+        steps = opt(v.integer, "steps", o["steps"], 1, 1000)
+        model_id = v.model("model", o["model"])
+        fields = dict(
             prompt_text=prompt_text,
-            number_results=_validate.integer("number_results", o["number_results"], 1),
-            model_id=_validate.model("model", o["model"]),
-            size_id=_validate.size("size", o["size"]),
-            offset=_validate.integer("offset", o["offset"], 0),
-            steps=step_count,
-            g_scale=None if guidance is None else _validate.number("guidance", guidance, 0, 10),
-            seed=None if seed is None else _validate.integer("seed", seed, 1),
-            use_cache=None if use_cache is None else _validate.boolean("use_cache", use_cache),
-            scheduler_id=None if scheduler is None
-            else _validate.table_id("scheduler", scheduler, tables.Scheduler),
-            style_id=None if style is None else _validate.table_id("style", style, tables.Style),
-            clip_skip=None if clip_skip is None else _validate.integer("clip_skip", clip_skip, 0, 2),
-            prompt_language_id=None if language is None else _validate.language("language", language),
-            check_nsfw=None if check_nsfw is None else _validate.boolean("check_nsfw", check_nsfw),
-            use_prompt_weighting=None if weighting is None
-            else _validate.boolean("prompt_weighting", weighting),
-            return_base64_image=_validate.boolean("return_base64", o["return_base64"]) or None,
-            lora=lora_items or None,
+            number_results=v.integer("number_results", o["number_results"], 1),
+            model_id=model_id,
+            size_id=v.size("size", o["size"]),
+            offset=v.integer("offset", o["offset"], 0),
+            steps=steps,
+            g_scale=opt(v.number, "guidance", o["guidance"], 0, 10),
+            seed=opt(v.integer, "seed", o["seed"], 1),
+            use_cache=opt(v.boolean, "use_cache", o["use_cache"]),
+            scheduler_id=opt(v.table_id, "scheduler", o["scheduler"], tables.Scheduler),
+            style_id=opt(v.table_id, "style", o["style"], tables.Style),
+            clip_skip=opt(v.integer, "clip_skip", o["clip_skip"], 0, 2),
+            prompt_language_id=opt(v.language, "language_id", o["language_id"]),
+            check_nsfw=opt(v.boolean, "check_nsfw", o["check_nsfw"]),
+            use_prompt_weighting=opt(v.boolean, "prompt_weighting", o["prompt_weighting"]),
+            return_base64_image=v.boolean("return_base64", o["return_base64"]) or None,
+            lora=[
+                protocol.LoraItem(*v.lora(f"lora[{i}]", item))
+                for i, item in enumerate(self._sequence("lora", o["lora"]))
+            ] or None,
         )  # fmt: skip
-        controlnet = o["controlnet"] or ()
-        controls = [self._check_controlnet(i, c, step_count) for i, c in enumerate(controlnet)]
-        # Every scalar is valid: now read the image inputs (still nothing sent), then
-        # upload what is local.
-        uuids = self._image_uuids(
-            {"image": image, "mask": mask}
-            | {f"controlnet[{i}].guide_image": c.guide_image for i, c in enumerate(controls)},
-            deadline,
-        )
-        control_items = [
-            self._controlnet_item(c, uuids[f"controlnet[{i}].guide_image"])
-            for i, c in enumerate(controls)
+        controls = [
+            v.controlnet(f"controlnet[{i}]", c, steps=steps, model_id=model_id)
+            for i, c in enumerate(self._sequence("controlnet", o["controlnet"]))
         ]
+        guide_urls = {
+            i: c.guide_image
+            for i, c in enumerate(controls)
+            if isinstance(c.guide_image, str) and c.guide_image.startswith(("http://", "https://"))
+        }
+        # Every scalar is valid: now read the image inputs (still nothing sent).
+        inputs = self._load_inputs(
+            {"image": image, "mask": mask}
+            | {
+                f"controlnet[{i}].guide_image": c.guide_image
+                for i, c in enumerate(controls)
+                if i not in guide_urls
+            }
+        )
+        return _Generation(fields, controls, guide_urls, inputs, deadline, on_image)
+
+    @staticmethod
+    def _sequence(name: str, value: object) -> Sequence[Any]:
+        if value is None:
+            return ()
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise InvalidArgumentError(name, f"must be a list, got {value!r}")
+        return value
+
+    def _stream(self, gen: _Generation) -> Iterator[Image]:
+        """Upload the inputs, send the task, and yield its images as they arrive."""
+        uuids = self._resolve(gen.inputs, gen.deadline)
+        control_items = [
+            protocol.ControlNetItem(
+                preprocessor=str(getattr(c.preprocessor, "value", c.preprocessor)),
+                weight=float(c.weight),
+                guide_image_uuid=uuids.get(f"controlnet[{i}].guide_image"),
+                guide_image_url=gen.guide_urls.get(i),
+                start_step=c.start_step,
+                end_step=c.end_step,
+                start_step_percentage=c.start_percentage,
+                end_step_percentage=c.end_percentage,
+                control_mode=None if c.control_mode is None
+                else str(getattr(c.control_mode, "value", c.control_mode)),
+                low_threshold_canny=c.low_threshold_canny,
+                high_threshold_canny=c.high_threshold_canny,
+            )
+            for i, c in enumerate(gen.controls)
+        ]  # fmt: skip
+        image, mask = uuids.get("image"), uuids.get("mask")
         if control_items:
             task_type = tables.TaskType.CONTROLNET_IMAGE_TO_IMAGE if image is not None \
                 else tables.TaskType.CONTROLNET_TEXT_TO_IMAGE  # fmt: skip
@@ -383,65 +495,19 @@ class Client:
             task_type = tables.TaskType.IMAGE_TO_IMAGE
         else:
             task_type = tables.TaskType.TEXT_TO_IMAGE
-        return protocol.ImageTask(
+        task = protocol.ImageTask(
+            task_uuid=_new_uuid(),
             task_type=int(task_type),
-            image_initiator_uuid=uuids.get("image"),
-            image_mask_initiator_uuid=uuids.get("mask"),
+            image_initiator_uuid=image,
+            image_mask_initiator_uuid=mask,
             control_net=control_items or None,
-            **task,  # type: ignore[arg-type]
+            **gen.fields,
         )
-
-    @staticmethod
-    def _lora(index: int, item: object) -> protocol.LoraItem:
-        name = f"lora[{index}]"
-        if not isinstance(item, Lora):
-            raise InvalidArgumentError(name, f"must be a Lora(model, weight), got {item!r}")
-        return protocol.LoraItem(
-            model_id=_validate.text(f"{name}.model", item.model),
-            weight=_validate.number(f"{name}.weight", item.weight, 0, 1),
-        )
-
-    @staticmethod
-    def _check_controlnet(index: int, item: object, steps: int | None) -> ControlNet:
-        name = f"controlnet[{index}]"
-        if not isinstance(item, ControlNet):
-            raise InvalidArgumentError(name, f"must be a ControlNet(...), got {item!r}")
-        _validate.choice(f"{name}.preprocessor", item.preprocessor, tables.CONTROLNET_PREPROCESSORS)
-        _validate.number(f"{name}.weight", item.weight, 0, 1)
-        last_step = 1000 if steps is None else steps
-        for field in ("start_step", "end_step"):
-            value = getattr(item, field)
-            if value is not None:
-                _validate.integer(f"{name}.{field}", value, 0, last_step)
-        for field in ("start_percentage", "end_percentage"):
-            value = getattr(item, field)
-            if value is not None:
-                _validate.number(f"{name}.{field}", value, 0, 1)
-        if item.control_mode is not None:
-            _validate.choice(
-                f"{name}.control_mode", item.control_mode, [m.value for m in tables.ControlMode]
-            )
-        for field in ("low_threshold_canny", "high_threshold_canny"):
-            value = getattr(item, field)
-            if value is not None:
-                _validate.integer(f"{name}.{field}", value, 0, 255)
-        return item
-
-    @staticmethod
-    def _controlnet_item(item: ControlNet, guide_uuid: str | None) -> protocol.ControlNetItem:
-        mode = item.control_mode
-        return protocol.ControlNetItem(
-            preprocessor=str(getattr(item.preprocessor, "value", item.preprocessor)),
-            weight=float(item.weight),
-            guide_image_uuid=guide_uuid,
-            start_step=item.start_step,
-            end_step=item.end_step,
-            start_step_percentage=item.start_percentage,
-            end_step_percentage=item.end_percentage,
-            control_mode=None if mode is None else str(getattr(mode, "value", mode)),
-            low_threshold_canny=item.low_threshold_canny,
-            high_threshold_canny=item.high_threshold_canny,
-        )
+        for item in self._results(task, task.number_results, gen.deadline):
+            result = _image(item)
+            if gen.on_image is not None:
+                gen.on_image(result)
+            yield result
 
     # -- public tasks --------------------------------------------------------------
 
@@ -453,12 +519,16 @@ class Client:
         mask: _inputs.ImageInput | None = None,
         **options: Unpack[GenerationOptions],
     ) -> Iterator[Image]:
-        """Generate images and yield each one as it arrives (in the calling thread).
+        """Generate images and yield each one as it arrives, in the calling thread.
 
         Text-to-image without ``image``; image-to-image with it; inpainting with
-        ``image`` and ``mask``; ControlNet with ``controlnet=[...]``. Arguments are
-        checked and inputs uploaded when the iteration starts. Stopping the
-        iteration early abandons the task (later results are discarded).
+        ``image`` and ``mask``; ControlNet with ``controlnet=[...]``. The arguments
+        are checked and local files read at once (errors raise here); the inputs
+        are uploaded and the task sent when the iteration starts. Stopping the
+        iteration early abandons the task (later results are discarded). Example::
+
+            for image in client.stream_images("a forest", number_results=4):
+                print(image.save("."))  # ./<uuid>.jpg, each as soon as it arrives
 
         Args:
             prompt: what to draw.
@@ -466,28 +536,19 @@ class Client:
             mask: the inpainting mask (any image input; white = repaint).
             **options: see :class:`GenerationOptions`.
 
-        Yields:
-            Each distinct :class:`Image`, until ``number_results`` have arrived.
+        Returns:
+            An iterator of each distinct :class:`Image`, in arrival order, until
+            ``number_results`` have arrived.
 
         Raises:
             InvalidArgumentError: an invalid argument (nothing was sent).
+            TypeError: an unknown keyword argument.
             TaskError: the server reported an error for the task.
             RequestTimeoutError: ``timeout`` passed (it covers the whole call).
             SessionExpiredError, ConnectionFailedError, AuthenticationError,
             ClientClosedError: the connection failed for good, or the client closed.
         """
-        if mask is not None and image is None:
-            raise InvalidArgumentError("mask", "inpainting needs image= as well as mask=")
-        deadline = self._deadline(options.get("timeout", DEFAULT))
-        on_image = options.get("on_image")
-        if on_image is not None and not callable(on_image):
-            raise InvalidArgumentError("on_image", f"must be callable, got {on_image!r}")
-        task = self._generation(prompt, image, mask, options, deadline)
-        for item in self._results(task, task.number_results, deadline):
-            result = _image(item)
-            if on_image is not None:
-                on_image(result)
-            yield result
+        return self._stream(self._prepare(prompt, image, mask, dict(options)))
 
     def text2img(self, prompt: str, **options: Unpack[GenerationOptions]) -> list[Image]:
         """Generate images from a prompt (taskType 1, or 9 with ``controlnet``).
@@ -505,11 +566,11 @@ class Client:
             The images, in arrival order.
 
         Raises:
-            InvalidArgumentError, TaskError, RequestTimeoutError, SessionExpiredError,
-            ConnectionFailedError, AuthenticationError, ClientClosedError: as
-            :meth:`stream_images`.
+            InvalidArgumentError, TypeError, TaskError, RequestTimeoutError,
+            SessionExpiredError, ConnectionFailedError, AuthenticationError,
+            ClientClosedError: as :meth:`stream_images`.
         """
-        return list(self.stream_images(prompt, **options))
+        return list(self._stream(self._prepare(prompt, None, None, dict(options))))
 
     def img2img(
         self, prompt: str, image: _inputs.ImageInput, **options: Unpack[GenerationOptions]
@@ -517,17 +578,27 @@ class Client:
         """Generate images from a prompt and an initial image (taskType 2, or 10 with
         ``controlnet``).
 
+        Example::
+
+            (variant,) = client.img2img("the same, at night", "photo.png")
+
         Args:
             prompt: what to draw.
             image: the initial image: a path, bytes, file object, PIL image, image
                 UUID or earlier result (local data is uploaded once per client).
             **options: see :class:`GenerationOptions`.
 
-        Returns and raises as :meth:`text2img`.
+        Returns:
+            The images, in arrival order.
+
+        Raises:
+            InvalidArgumentError, TypeError, TaskError, RequestTimeoutError,
+            SessionExpiredError, ConnectionFailedError, AuthenticationError,
+            ClientClosedError: as :meth:`stream_images`.
         """
         if image is None:
             raise InvalidArgumentError("image", "img2img needs an image")
-        return list(self.stream_images(prompt, image=image, **options))
+        return list(self._stream(self._prepare(prompt, image, None, dict(options))))
 
     def inpaint(
         self,
@@ -544,68 +615,96 @@ class Client:
             mask: the mask (any image input; white areas are repainted).
             **options: see :class:`GenerationOptions`.
 
-        Returns and raises as :meth:`text2img`.
+        Returns:
+            The images, in arrival order.
+
+        Raises:
+            InvalidArgumentError, TypeError, TaskError, RequestTimeoutError,
+            SessionExpiredError, ConnectionFailedError, AuthenticationError,
+            ClientClosedError: as :meth:`stream_images`.
         """
         if image is None or mask is None:
             raise InvalidArgumentError("image" if image is None else "mask", "inpaint needs both")
-        return list(self.stream_images(prompt, image=image, mask=mask, **options))
+        return list(self._stream(self._prepare(prompt, image, mask, dict(options))))
 
     def upload_image(
         self, image: _inputs.ImageInput, *, timeout: Timeout = DEFAULT
     ) -> UploadedImage:
         """Upload an image; return its server UUID and URL (taskType 7).
 
-        The same content is uploaded once per client: later calls (and calls that
-        take this image as input) reuse the UUID.
+        The same content is uploaded once per client: a later call with the same
+        bytes (and any call taking them as input) reuses the UUID. An input already
+        on the server (an image UUID, an :class:`Image` or :class:`UploadedImage`)
+        is returned as an :class:`UploadedImage` without sending anything.
+
+        Args:
+            image: a path, bytes, binary file object or PIL image (PNG, JPEG or WEBP).
+            timeout: seconds for the call.
+
+        Returns:
+            The stored image: pass it to any other call.
 
         Raises:
             InvalidArgumentError: a missing file or data that is not PNG, JPEG or WEBP.
-            TaskError, RequestTimeoutError, ...: as :meth:`text2img`.
+            TaskError, RequestTimeoutError, SessionExpiredError, ConnectionFailedError,
+            AuthenticationError, ClientClosedError: as :meth:`stream_images`.
         """
         deadline = self._deadline(timeout)
         loaded = _inputs.load("image", image)
+        if isinstance(image, UploadedImage):
+            return image
         if isinstance(loaded, str):
-            raise InvalidArgumentError(
-                "image", "is already on the server (a UUID or a result); upload local images"
-            )
+            url = image.url if isinstance(image, Image) else None
+            return UploadedImage(loaded, url)
         return self._upload(loaded, deadline)
-
-    def _single_image(self, request: Any, deadline: Deadline) -> Image:
-        (item,) = self._results(request, 1, deadline)
-        if isinstance(item, protocol.PreprocessResult):
-            return Image._from_result(
-                uuid=item.new_image_uuid, url=item.new_image_src, task_uuid=item.task_uuid,
-                nsfw=item.nsfw,
-            )  # fmt: skip
-        return _image(item)
 
     def upscale(
         self, image: _inputs.ImageInput, factor: int = 2, *, timeout: Timeout = DEFAULT
     ) -> Image:
         """Upscale an image by 2, 3 or 4 (``newUpscaleGan``).
 
+        Args:
+            image: any image input.
+            factor: 2, 3 or 4: the result is that many times wider and higher.
+            timeout: seconds for the call (upload included).
+
+        Returns:
+            The upscaled image.
+
         Raises:
             InvalidArgumentError: ``factor`` not 2, 3 or 4, or a bad image input.
-            TaskError, RequestTimeoutError, ...: as :meth:`text2img`.
+            TaskError, RequestTimeoutError, SessionExpiredError, ConnectionFailedError,
+            AuthenticationError, ClientClosedError: as :meth:`stream_images`.
         """
         deadline = self._deadline(timeout)
         upscale_factor = _validate.integer("factor", factor, 2, 4)
-        uuids = self._image_uuids({"image": image}, deadline)
+        uuids = self._resolve(self._load_inputs({"image": image}), deadline)
         request = protocol.UpscaleGan(_new_uuid(), uuids["image"], upscale_factor)
         return self._single_image(request, deadline)
 
     def remove_background(self, image: _inputs.ImageInput, *, timeout: Timeout = DEFAULT) -> Image:
-        """Remove the background of an image; the result is an RGBA PNG (taskType 8).
+        """Remove the background of an image (taskType 8).
+
+        Args:
+            image: any image input.
+            timeout: seconds for the call (upload included).
+
+        Returns:
+            The cut-out: a PNG with an alpha channel (RGBA).
 
         Raises:
             InvalidArgumentError, TaskError, RequestTimeoutError, ...: as :meth:`upscale`.
         """
         deadline = self._deadline(timeout)
-        uuids = self._image_uuids({"image": image}, deadline)
+        uuids = self._resolve(self._load_inputs({"image": image}), deadline)
         return self._single_image(protocol.RemoveBackground(_new_uuid(), uuids["image"]), deadline)
 
     def image2text(self, image: _inputs.ImageInput, *, timeout: Timeout = DEFAULT) -> str:
         """Describe an image in words (``newReverseImageClip``).
+
+        Args:
+            image: any image input.
+            timeout: seconds for the call (upload included).
 
         Returns:
             The caption.
@@ -614,7 +713,7 @@ class Client:
             InvalidArgumentError, TaskError, RequestTimeoutError, ...: as :meth:`upscale`.
         """
         deadline = self._deadline(timeout)
-        uuids = self._image_uuids({"image": image}, deadline)
+        uuids = self._resolve(self._load_inputs({"image": image}), deadline)
         request = protocol.ReverseImageClip(_new_uuid(), uuids["image"])
         (item,) = self._results(request, 1, deadline)
         text: str = item.text
@@ -626,23 +725,29 @@ class Client:
         *,
         versions: int = 1,
         max_length: int = 380,
-        language: int = 1,
+        language_id: int | None = 1,
         timeout: Timeout = DEFAULT,
     ) -> list[str]:
         """Return enriched versions of a prompt (``newPromptEnhance``).
+
+        Example::
+
+            prompts = client.enhance_prompt("a castle", versions=3)
 
         Args:
             prompt: the prompt to enhance.
             versions: how many versions, 1 to 5.
             max_length: the longest version, 1 to 380 characters.
-            language: the ``promptLanguageId``, 1 to 298 (1: English).
+            language_id: the ``promptLanguageId``, 1 to 298 (1: English); None
+                lets the server detect it.
             timeout: seconds for the call.
 
         Returns:
-            ``versions`` distinct texts (they may arrive over several frames).
+            ``versions`` distinct texts, in arrival order (they may come over
+            several frames).
 
         Raises:
-            InvalidArgumentError, TaskError, RequestTimeoutError, ...: as :meth:`text2img`.
+            InvalidArgumentError, TaskError, RequestTimeoutError, ...: as :meth:`upscale`.
         """
         deadline = self._deadline(timeout)
         request = protocol.PromptEnhance(
@@ -650,7 +755,7 @@ class Client:
             prompt=_validate.text("prompt", prompt),
             prompt_max_length=_validate.integer("max_length", max_length, 1, 380),
             prompt_versions=_validate.integer("versions", versions, 1, 5),
-            prompt_language_id=_validate.language("language", language),
+            prompt_language_id=_validate.optional(_validate.language, "language_id", language_id),
         )
         return [item.text for item in self._results(request, request.prompt_versions, deadline)]
 
@@ -667,50 +772,52 @@ class Client:
         mask: _inputs.ImageInput | None = None,
         timeout: Timeout = DEFAULT,
     ) -> Image:
-        """Turn an image into a ControlNet guide (``newPreProcessControlNet``).
+        """Turn an image into a ControlNet guide (``newPreProcessControlNet``, taskType 11).
+
+        Example::
+
+            edges = client.preprocess_controlnet("photo.png", "canny")
+            client.text2img("a castle", controlnet=[ControlNet("canny", edges)])
 
         Args:
             image: the source image (any image input).
             preprocessor: one of :data:`diffusionmaster.tables.PREPROCESSOR_TYPES`
-                (canny, depth, mlsd, normalbae, openpose, tile, seg, lineart,
-                lineart_anime, shuffle, scribble, softedge).
-            width, height: output size in pixels (1 to 2048).
+                (canny, depth, lineart, lineart_anime, mlsd, normalbae, openpose,
+                scribble, seg, shuffle, softedge, tile).
+            width, height: output size in pixels (1 to 2048); one alone keeps the
+                aspect ratio; neither keeps the source's size.
             low_threshold_canny, high_threshold_canny: canny thresholds (0 to 255).
             include_hands_and_face: openpose: detect hands and faces too.
-            mask: an optional mask image.
-            timeout: seconds for the call.
+            mask: an optional mask image (any image input).
+            timeout: seconds for the call (uploads included).
 
         Returns:
-            The guide image; pass it as ``ControlNet(guide_image=...)``.
+            The guide image; pass it as ``ControlNet(preprocessor, guide_image)``.
 
         Raises:
-            InvalidArgumentError, TaskError, RequestTimeoutError, ...: as :meth:`text2img`.
+            InvalidArgumentError, TaskError, RequestTimeoutError, ...: as :meth:`upscale`.
         """
         deadline = self._deadline(timeout)
-        kind = _validate.choice("preprocessor", preprocessor, tables.PREPROCESSOR_TYPES)
-        dims = {
-            name: None if value is None else _validate.integer(name, value, 1, 2048)
-            for name, value in (("width", width), ("height", height))
-        }
-        thresholds = {
-            name: None if value is None else _validate.integer(name, value, 0, 255)
-            for name, value in (
-                ("low_threshold_canny", low_threshold_canny),
-                ("high_threshold_canny", high_threshold_canny),
+        opt, v = _validate.optional, _validate
+        kind = v.choice("preprocessor", preprocessor, tables.PREPROCESSOR_TYPES)
+        size = {name: opt(v.integer, name, value, 1, 2048) for name, value in
+                (("width", width), ("height", height))}  # fmt: skip
+        low = opt(v.integer, "low_threshold_canny", low_threshold_canny, 0, 255)
+        high = opt(v.integer, "high_threshold_canny", high_threshold_canny, 0, 255)
+        if low is not None and high is not None and low > high:
+            raise InvalidArgumentError(
+                "low_threshold_canny", f"{low} is above high_threshold_canny {high}"
             )
-        }
-        hands = None if include_hands_and_face is None else _validate.boolean(
-            "include_hands_and_face", include_hands_and_face
-        )  # fmt: skip
-        uuids = self._image_uuids({"image": image, "mask": mask}, deadline)
+        hands = opt(v.boolean, "include_hands_and_face", include_hands_and_face)
+        uuids = self._resolve(self._load_inputs({"image": image, "mask": mask}), deadline)
         request = protocol.PreprocessControlNet(
             task_uuid=_new_uuid(),
             pre_processor_type=kind,
             guide_image_uuid=uuids["image"],
-            width=dims["width"],
-            height=dims["height"],
-            low_threshold_canny=thresholds["low_threshold_canny"],
-            high_threshold_canny=thresholds["high_threshold_canny"],
+            width=size["width"],
+            height=size["height"],
+            low_threshold_canny=low,
+            high_threshold_canny=high,
             include_hands_and_face_open_pose=hands,
             guide_image_mask_uuid=uuids.get("mask"),
         )
@@ -721,18 +828,40 @@ class Client:
     def submit(self, method: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Start a call in the background and return a :class:`~concurrent.futures.Future`.
 
-        ``method`` is one of this client's methods, e.g.::
+        This is how one thread runs several tasks at once: ``method`` is one of this
+        client's methods, and its arguments follow. Collect the results in order, or
+        as they complete::
 
-            futures = [client.submit(client.text2img, p) for p in prompts]
-            results = [f.result() for f in futures]
+            from concurrent.futures import as_completed
 
-        The calls run on a small pool of worker threads (``diffusionmaster-worker``,
-        up to 32) created on first use and stopped by :meth:`close`.
+            futures = [client.submit(client.text2img, p, seed=7) for p in prompts]
+            images = [f.result() for f in futures]  # in order; raises a call's error
+
+            jobs = [client.submit(client.upscale, image, 4) for image in images]
+            for done in as_completed(jobs):  # in the order they finish
+                print(done.result().save("."))
+
+        The calls run on a pool of worker threads (``diffusionmaster-worker``, up to
+        32) created on first use and stopped by :meth:`close`; each call still
+        receives only its own results. Callbacks added with
+        ``Future.add_done_callback`` run on a worker thread.
+
+        Args:
+            method: the callable to run, usually a bound method of this client.
+            *args, **kwargs: its arguments.
+
+        Returns:
+            A Future of the call's result (``f.result(timeout)`` waits for it and
+            raises the call's exception, if any).
+
+        Raises:
+            ClientClosedError: the client is closed.
         """
-        with self._uploads_lock:
+        with self._lock:
+            if self._closed:
+                raise ClientClosedError("the client is closed")
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(
                     max_workers=32, thread_name_prefix="diffusionmaster-worker"
                 )
-            executor = self._executor
-        return executor.submit(method, *args, **kwargs)
+            return self._executor.submit(method, *args, **kwargs)

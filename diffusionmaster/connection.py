@@ -7,8 +7,12 @@ callback, and reports the end of the connection exactly once.
 
 Threading invariants:
 
-- The reader thread only blocks on the socket. It never runs user code: the
-  ``on_event`` callback it is given routes events into queues and returns.
+- The reader thread only blocks on the socket (and, to answer a server ping or
+  close frame, on the transport's send lock, held only while a send hands its
+  bytes to that socket). It never runs user code: the ``on_event`` callback it
+  is given routes events into queues and returns.
+- The reader holds no frame or event while it waits for the next frame, so a
+  large result is freed as soon as its caller is done with it.
 - ``send`` may be called from any thread (the transport serialises sends).
 - ``on_lost`` runs once, on the reader thread, when the socket ends for any
   reason (close frame, error, or ``abort()`` from another thread).
@@ -135,9 +139,10 @@ class Connection:
     def _read_loop(self) -> None:
         internal_thread.active = True
         reason: BaseException | None = None
+        recv, decode, on_event = self.transport.recv, protocol.decode, self._on_event
         try:
             while True:
-                data = self.transport.recv()
+                data = recv()
                 if data is None:
                     reason = ConnectionFailedError(
                         f"server closed the connection (close code {self.transport.close_code})"
@@ -145,12 +150,19 @@ class Connection:
                     break
                 self.last_received = time.monotonic()
                 try:
-                    event = protocol.decode(data)
+                    event = decode(data)
                 except ProtocolError as exc:
                     # One bad frame must not take the connection down with it.
                     logger.warning("ignoring a frame that cannot be decoded: %s", exc)
                     continue
-                self._on_event(event)
+                finally:
+                    # Let go of the frame before handing the event on, and of the event
+                    # before blocking in recv(): with a large base64 result the caller
+                    # decodes the image meanwhile, and a frame or event held here would
+                    # keep tens of MB alive for nothing (bench "large": peak memory).
+                    del data
+                on_event(event)
+                del event
         except ConnectionFailedError as exc:
             reason = exc
         except BaseException as exc:  # pragma: no cover - a bug; keep the client alive

@@ -6,6 +6,7 @@ All are immutable attrs classes and safe to share between threads.
 from __future__ import annotations
 
 import base64
+import io
 import os
 import threading
 from pathlib import Path
@@ -37,6 +38,7 @@ def image_format(data: bytes) -> str | None:
 
 
 _EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+_SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 
 class _Content:
@@ -72,7 +74,10 @@ class Image:
 
     ``read()`` returns the image file's bytes: from the base64 data delivered with
     the result when present (``return_base64=True``), else downloaded from ``url``
-    once; later calls return the same bytes. Thread-safe.
+    once; later calls return the same bytes. ``save()`` writes it to a file and
+    ``to_pil()`` opens it with Pillow. In Jupyter an Image displays inline. Pass an
+    Image straight to any call that takes an image: it is referenced by UUID, not
+    uploaded again. Immutable and thread-safe.
 
     Attributes:
         uuid: the server's image UUID; pass the Image itself to other calls to reuse it.
@@ -110,12 +115,17 @@ class Image:
     def read(self, *, timeout: float | None = 60.0) -> bytes:
         """Return the image file's bytes (PNG, JPEG or WEBP).
 
+        The bytes are decoded from the result's base64 data, or downloaded from
+        :attr:`url` (over a pooled keep-alive connection), on the first call only;
+        later calls, from any thread, return the same bytes.
+
         Args:
-            timeout: seconds for the download, when one is needed.
+            timeout: seconds for the download, when one is needed (None: no limit).
 
         Raises:
             RequestTimeoutError: the download timed out.
             ConnectionFailedError: the download failed.
+            ValueError: the image has neither base64 data nor a URL (built by hand).
         """
         return self._content.get(self.url, timeout)
 
@@ -127,50 +137,118 @@ class Image:
     def save(self, path: str | os.PathLike[str], *, timeout: float | None = 60.0) -> Path:
         """Write the image to ``path`` and return the path written.
 
-        When ``path`` is an existing directory the file is named after the UUID; when
-        it has no suffix the suffix of the image's real format is added.
+        The file type follows from ``path``: an existing directory gets a file named
+        after the UUID with the suffix of the image's format (``.jpg``, ``.png``,
+        ``.webp``); a name without a suffix gets that suffix added; a ``.png``,
+        ``.jpg``/``.jpeg`` or ``.webp`` name of another format than the image's is
+        converted to it (this needs Pillow); any other suffix gets the bytes as they are.
+
+        Args:
+            path: a file name or an existing directory.
+            timeout: seconds for the download, when one is needed.
+
+        Returns:
+            The path of the file written.
+
+        Raises:
+            RequestTimeoutError, ConnectionFailedError: the download failed.
+            ImportError: a conversion was needed and Pillow is not installed.
         """
         data = self.read(timeout=timeout)
+        kind = image_format(data)
         target = Path(path)
-        suffix = _EXTENSIONS.get(image_format(data) or "", ".bin")
         if target.is_dir():
-            target = target / f"{self.uuid}{suffix}"
+            target = target / f"{self.uuid}{_EXTENSIONS.get(kind or '', '.bin')}"
         elif not target.suffix:
-            target = target.with_suffix(suffix)
+            target = target.with_suffix(_EXTENSIONS.get(kind or "", ".bin"))
+        else:
+            wanted = _SUFFIX_FORMATS.get(target.suffix.lower())
+            if wanted is not None and kind is not None and wanted != kind:
+                data = _convert(data, wanted)
         target.write_bytes(data)
         return target
 
-    def to_pil(self) -> PILImage:
-        """Return the image as a ``PIL.Image.Image`` (needs Pillow)."""
-        try:
-            from PIL import Image as PILModule
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "Image.to_pil() needs Pillow: pip install 'diffusionmaster[pil]' "
-                "(or pip install Pillow)"
-            ) from exc
-        import io
+    def to_pil(self, *, timeout: float | None = 60.0) -> PILImage:
+        """Return the image as a ``PIL.Image.Image`` (fully loaded).
 
-        pil = PILModule.open(io.BytesIO(self.read()))
-        pil.load()
-        return pil
+        Pillow is needed only by this method (and by :meth:`save` conversions).
+
+        Args:
+            timeout: seconds for the download, when one is needed.
+
+        Raises:
+            ImportError: Pillow is not installed (the message says how to install it).
+            RequestTimeoutError, ConnectionFailedError: the download failed.
+        """
+        pil_image = _pil()
+        picture: PILImage = pil_image.open(io.BytesIO(self.read(timeout=timeout)))
+        picture.load()
+        return picture
+
+    # -- inline display in Jupyter / IPython ---------------------------------------
+    # IPython asks _repr_mimebundle_ first and fills what it lacks from the _repr_*_
+    # methods; other front ends ask only the latter. Each returns None when it does
+    # not apply, so exactly one image type is shown.
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        """Jupyter display: the image inline, with its UUID as text."""
+        """Jupyter display: the image inline, with its repr as text."""
         data = self.read()
         kind = image_format(data)
         bundle: dict[str, Any] = {"text/plain": repr(self)}
         if kind in ("png", "jpeg"):
             bundle[f"image/{kind}"] = base64.b64encode(data).decode("ascii")
         elif kind == "webp":
-            encoded = base64.b64encode(data).decode("ascii")
-            bundle["text/html"] = f'<img src="data:image/webp;base64,{encoded}"/>'
+            bundle["text/html"] = _webp_html(data)
         return bundle
+
+    def _repr_png_(self) -> bytes | None:
+        """The PNG bytes, for IPython's PNG formatter (None for other formats)."""
+        data = self.read()
+        return data if image_format(data) == "png" else None
+
+    def _repr_jpeg_(self) -> bytes | None:
+        """The JPEG bytes, for IPython's JPEG formatter (None for other formats)."""
+        data = self.read()
+        return data if image_format(data) == "jpeg" else None
+
+    def _repr_html_(self) -> str | None:
+        """An ``<img>`` for WEBP images, which have no IPython formatter of their own."""
+        data = self.read()
+        return _webp_html(data) if image_format(data) == "webp" else None
+
+
+def _webp_html(data: bytes) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    return f'<img src="data:image/webp;base64,{encoded}"/>'
+
+
+def _pil() -> Any:
+    """Import ``PIL.Image``, or raise an ImportError that says how to install it."""
+    try:
+        from PIL import Image as pil_image
+    except ImportError as exc:
+        raise ImportError(
+            "this needs Pillow: pip install 'diffusionmaster[pil]' (or pip install Pillow)"
+        ) from exc
+    return pil_image
+
+
+def _convert(data: bytes, kind: str) -> bytes:
+    """Re-encode image bytes as ``kind`` (``"png"``, ``"jpeg"`` or ``"webp"``) with Pillow."""
+    pil_image = _pil()
+    picture = pil_image.open(io.BytesIO(data))
+    if kind == "jpeg" and picture.mode not in ("RGB", "L"):
+        picture = picture.convert("RGB")  # JPEG has no alpha channel
+    buffer = io.BytesIO()
+    picture.save(buffer, format=kind.upper())
+    return buffer.getvalue()
 
 
 @attrs.frozen
 class UploadedImage:
     """An image stored on the server by :meth:`Client.upload_image`.
+
+    Pass it to any call that takes an image: it is referenced by UUID. Immutable.
 
     Attributes:
         uuid: the image UUID, usable as input of any other call.

@@ -421,8 +421,25 @@ for _cls in _MESSAGE_CLASSES:
 # ---------------------------------------------------------------------------
 
 
+#: Strings at least this long are copied into frames as they are when they need no
+#: escaping (see :func:`encode`).
+VERBATIM_MIN = 64 * 1024
+_JSON_SPECIAL = (*map(chr, range(0x20)), '"', "\\")  # what JSON must escape in a string
+_PLACEHOLDER = "@@verbatim-{}@@"
+
+
+def _verbatim(value: str) -> bool:
+    """True when ``value`` can stand in a JSON string as it is (nothing to escape)."""
+    # 34 one-character substring searches (memchr-speed) beat json.dumps's
+    # character-by-character escaping by about 5x on a 14 MB base64 upload.
+    return not any(special in value for special in _JSON_SPECIAL)
+
+
 def encode(message: Request) -> str:
     """Serialise a request into the text of one frame.
+
+    Large strings (base64 uploads) that need no escaping are placed in the frame
+    as they are instead of going through ``json.dumps``; the text is the same.
 
     Args:
         message: any request class of this module.
@@ -433,7 +450,28 @@ def encode(message: Request) -> str:
     if isinstance(message, Ping):
         return '{"ping":true}'
     body = converter.unstructure(message)
-    return json.dumps({message.KEY: body}, separators=(",", ":"), ensure_ascii=False)
+    large = {
+        key: value
+        for key, value in body.items()
+        if isinstance(value, str) and len(value) >= VERBATIM_MIN and _verbatim(value)
+    }
+    if not large:
+        return json.dumps({message.KEY: body}, separators=(",", ":"), ensure_ascii=False)
+    placeholders = {}
+    for index, (key, value) in enumerate(large.items()):
+        placeholder = _PLACEHOLDER.format(index)
+        placeholders[f'"{placeholder}"'] = value
+        body[key] = placeholder
+    text = json.dumps({message.KEY: body}, separators=(",", ":"), ensure_ascii=False)
+    parts: list[str] = []
+    for quoted, value in placeholders.items():
+        if text.count(quoted) != 1:  # another field holds the placeholder text itself
+            body.update(large)
+            return json.dumps({message.KEY: body}, separators=(",", ":"), ensure_ascii=False)
+        head, text = text.split(quoted, 1)
+        parts += (head, '"', value, '"')
+    parts.append(text)
+    return "".join(parts)
 
 
 _EVENT_KEYS: dict[str, type[Any]] = {
@@ -453,7 +491,7 @@ _REQUEST_KEYS: dict[str, type[Any]] = {
 }  # fmt: skip
 
 
-def _load(text: str | bytes) -> dict[str, Any]:
+def _load(text: str | bytes | bytearray) -> dict[str, Any]:
     try:
         frame = json.loads(text)
     except (ValueError, TypeError) as exc:
@@ -485,11 +523,72 @@ def _error(frame: dict[str, Any]) -> ServerError:
     )
 
 
-def decode(text: str | bytes) -> Event:
+#: Undecoded frames at least this long may take :func:`_load_large`'s path.
+LARGE_FRAME = 64 * 1024
+_BASE64_FIELD = b'"imageBase64Data":"'
+_BASE64_PLACEHOLDER = "@@base64-{}@@"
+
+
+def _load_large(data: bytes | bytearray) -> dict[str, Any] | None:
+    """Parse a large result frame without running the JSON parser over its base64.
+
+    Nearly all of a large frame is ``imageBase64Data`` strings, which need no
+    unescaping: each is cut out (located with substring searches), decoded once as
+    ASCII, and put back into the parsed rest of the frame. Compared with decoding
+    the whole frame to ``str`` and parsing it, this allocates one copy of the base64
+    instead of two and skips scanning it character by character (bench "large").
+
+    Returns:
+        The frame, exactly as ``json.loads`` would give it; or None when the frame
+        is not of that shape (a field escaped, not ASCII, or elsewhere than in
+        ``images[]``): the caller then parses it in full.
+    """
+    spans: list[tuple[int, int]] = []
+    found = data.find(_BASE64_FIELD)
+    while found >= 0:
+        start = found + len(_BASE64_FIELD)
+        end = data.find(b'"', start)
+        if end < 0 or data.find(b"\\", start, end) >= 0:
+            return None
+        spans.append((start, end))
+        found = data.find(_BASE64_FIELD, end)
+    if not spans:
+        return None
+    with memoryview(data) as view:
+        try:
+            values = [str(view[start:end], "ascii") for start, end in spans]
+        except UnicodeDecodeError:
+            return None
+        pieces: list[bytes | memoryview] = []
+        last = 0
+        for index, (start, end) in enumerate(spans):
+            pieces += (view[last:start], _BASE64_PLACEHOLDER.format(index).encode())
+            last = end
+        pieces.append(view[last:])
+        rest = b"".join(pieces)
+        del pieces
+    frame = _load(rest)
+    body = next(iter(frame.values()), None) if len(frame) == 1 else None
+    images = body.get("images") if isinstance(body, dict) else None
+    if not isinstance(images, list):
+        return None
+    placed = 0
+    for item in images:
+        if (
+            isinstance(item, dict)
+            and placed < len(values)
+            and item.get("imageBase64Data") == _BASE64_PLACEHOLDER.format(placed)
+        ):
+            item["imageBase64Data"] = values[placed]
+            placed += 1
+    return frame if placed == len(values) else None
+
+
+def decode(text: str | bytes | bytearray) -> Event:
     """Parse one frame received from the server.
 
     Args:
-        text: the frame's text (``str`` or UTF-8 ``bytes``).
+        text: the frame's text (``str``, or UTF-8 ``bytes`` / ``bytearray``).
 
     Returns:
         An event: :class:`SessionEstablished`, :class:`ServerError`, :class:`Pong`,
@@ -499,7 +598,11 @@ def decode(text: str | bytes) -> Event:
     Raises:
         ProtocolError: malformed JSON, or a known frame with a missing or mistyped field.
     """
-    frame = _load(text)
+    frame = None
+    if not isinstance(text, str) and len(text) >= LARGE_FRAME:
+        frame = _load_large(text)
+    if frame is None:
+        frame = _load(text)
     if frame.get("error"):
         return _error(frame)
     if frame.get("pong") is True:
@@ -509,7 +612,8 @@ def decode(text: str | bytes) -> Event:
         cls = _EVENT_KEYS.get(key)
         if cls is not None:
             event = _structure(key, body, cls)
-            if cls is ImagesResult or cls is TextsResult:
+            # kind defaults to newImages / newReverseClip: evolve (slow) only for other keys.
+            if (cls is ImagesResult or cls is TextsResult) and event.kind != key:
                 event = attrs.evolve(event, kind=key)
             return event  # type: ignore[no-any-return]
     key = next(iter(frame), "")

@@ -153,6 +153,9 @@ class Supervisor:
         self._last_error: BaseException | None = None
         self._lost_at = 0.0
         self._ping_sent_at: float | None = None
+        #: connections given up after a failed send, whose readers may still be reading
+        #: what the server sent before the link died -> when to abort them at the latest
+        self._draining: dict[Connection, float] = {}
         self._thread: threading.Thread | None = None
         self._events = _Events()
 
@@ -160,17 +163,21 @@ class Supervisor:
 
     @property
     def state(self) -> State:
+        """The current state."""
         return self._state
 
     @property
     def session_uuid(self) -> str | None:
+        """The session UUID the server gave (None before the first connection)."""
         return self._session_uuid
 
     def add_listener(self, listener: StateListener) -> None:
+        """Call ``listener(state)`` on the events thread at every state change."""
         with self._cond:
             self._listeners.append(listener)
 
     def remove_listener(self, listener: StateListener) -> None:
+        """Stop calling ``listener``."""
         with self._cond:
             self._listeners.remove(listener)
 
@@ -242,7 +249,7 @@ class Supervisor:
                     # The frame did not leave: it is safe to send it again once connected.
                     with self._cond:
                         pending.session = None
-                    self._connection_lost(conn, exc)
+                    self._send_failed(conn, exc)
         except BaseException:
             self.forget(pending)
             raise
@@ -269,12 +276,20 @@ class Supervisor:
             pending.queue.put(
                 ClientClosedError(f"client closed while task {pending.task_uuid} waited")
             )
+        with self._cond:
+            draining = list(self._draining)
+            self._draining.clear()
         if forked:
-            if conn is not None:
-                conn.transport.detach()
+            for old in [conn, *draining]:
+                if old is not None:
+                    old.transport.detach()
             return
+        for old in draining:
+            old.abort()
         if conn is not None:
             conn.close(timeout)
+        for old in draining:
+            old.close(timeout)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -361,8 +376,38 @@ class Supervisor:
         pending.queue.put(item)
 
     def _connection_lost(self, conn: Connection, reason: BaseException | None) -> None:
-        # Runs on the reader thread (or a sender that saw the socket fail).
+        # The reader's last act: its socket has ended.
         conn.abort()
+        with self._cond:
+            self._draining.pop(conn, None)
+        self._mark_lost(conn, reason)
+
+    def _send_failed(self, conn: Connection, reason: BaseException) -> None:
+        # A send failed: the link is dead, but frames the server wrote before it died
+        # may still wait unread in the socket. Aborting now would throw them away (and
+        # the server counts them as delivered), so the reader drains them and ends on
+        # the error that follows; the supervisor aborts it if it is still there after
+        # the heartbeat timeout (a link that died silently), and close() does at once.
+        with self._cond:
+            self._draining[conn] = time.monotonic() + self._heartbeat.timeout
+        self._wake.set()
+        self._mark_lost(conn, reason)
+
+    def _reap_draining(self) -> float | None:
+        """Abort draining connections past their time; return seconds until the next one."""
+        now = time.monotonic()
+        with self._cond:
+            due = [c for c, deadline in self._draining.items() if deadline <= now]
+            for conn in due:
+                del self._draining[conn]
+            later = [deadline - now for deadline in self._draining.values()]
+        for conn in due:
+            logger.debug("aborting a connection that did not end after a failed send")
+            conn.abort()
+        return min(later) if later else None
+
+    def _mark_lost(self, conn: Connection, reason: BaseException | None) -> None:
+        # The current connection is gone: reconnect (or fail, if reconnecting is off).
         with self._cond:
             if self._conn is not conn or self._state is not State.CONNECTED:
                 return
@@ -376,7 +421,7 @@ class Supervisor:
                 new_state = State.FAILED
                 failed = self._take_pending(lambda p: True)
             listeners = self._enter(new_state)
-        logger.info("connection lost: %s", reason)
+        logger.info("lost the connection: %s", reason)
         for pending in failed:
             error = ConnectionFailedError(f"connection lost while task {pending.task_uuid} waited")
             error.__cause__ = reason
@@ -400,11 +445,13 @@ class Supervisor:
                 state, conn = self._state, self._conn
             if state in (State.CLOSED, State.FAILED):
                 return
+            reap = self._reap_draining()
             if state is State.RECONNECTING:
                 self._recover()
                 continue
-            wait = self._beat(conn) if conn is not None else None
-            self._wake.wait(wait)
+            beat = self._beat(conn) if conn is not None else None
+            waits = [w for w in (beat, reap) if w is not None]
+            self._wake.wait(min(waits) if waits else None)
             self._wake.clear()
 
     def _beat(self, conn: Connection) -> float | None:
@@ -430,7 +477,7 @@ class Supervisor:
         try:
             conn.send(protocol.encode(protocol.Ping()))
         except ConnectionFailedError as exc:
-            self._connection_lost(conn, exc)
+            self._send_failed(conn, exc)
             return None
         # Look again when the answer is due, or sooner when the next ping is.
         return min(interval, self._heartbeat.timeout)

@@ -159,7 +159,7 @@ def test_unreachable_server_is_a_connection_error() -> None:
         ({"style": 13}, "style: must be one of"),
         ({"seed": 0}, "seed: must be an integer >= 1"),
         ({"clip_skip": 3}, "clip_skip: must be an integer from 0 to 2"),
-        ({"language": 299}, "language: must be an integer from 1 to 298"),
+        ({"language_id": 299}, "language_id: must be an integer from 1 to 298"),
         ({"check_nsfw": "yes"}, "check_nsfw: must be True or False"),
         (
             {"lora": [diffusionmaster.Lora("civitai:1@2", 1.5)]},

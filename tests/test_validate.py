@@ -1,11 +1,17 @@
-"""Unit tests of the argument checks: each names the parameter and what is allowed."""
+"""Argument checks: each names the parameter and what is allowed, and a call with a bad
+argument sends nothing to the server."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
+import diffusionmaster
 from diffusionmaster import InvalidArgumentError, Model, Scheduler, Size, _inputs, _validate
 from diffusionmaster.models import image_format
+from diffusionmaster.testing import Emulator
 
 PNG_1X1 = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -114,3 +120,146 @@ def test_load_wrong_type() -> None:
     """An object of another type is refused with the list of accepted inputs."""
     with pytest.raises(InvalidArgumentError, match="image: expected an image: a path, bytes"):
         _inputs.load("image", 42)
+
+
+# -- every call refuses bad arguments before sending anything ------------------------------
+
+GUIDE = PNG_1X1
+CN = diffusionmaster.ControlNet
+
+
+def _text2img(**kwargs: Any) -> Callable[[diffusionmaster.Client], object]:
+    return lambda client: client.text2img("a cat", **kwargs)
+
+
+BAD_CALLS: list[tuple[str, Callable[[diffusionmaster.Client], object], str]] = [
+    # generation options beyond those of tests/test_client.py
+    ("prompt not str", lambda c: c.text2img(None), "prompt: must be a non-empty string"),  # type: ignore[arg-type]
+    ("negative prompt blank", _text2img(negative_prompt=" "), "negative_prompt: must be a non-empty"),
+    ("number_results bool", _text2img(number_results=True), "number_results: must be an integer >= 1"),
+    ("steps 0", _text2img(steps=0), "steps: must be an integer from 1 to 1000"),
+    ("offset -1", _text2img(offset=-1), "offset: must be an integer >= 0"),
+    ("size list", _text2img(size=[500, 500]), "size: unsupported size [500, 500]; supported (width, height): 512x512, 512x768"),
+    ("size id 10", _text2img(size=10), "size: unsupported size 10; supported"),
+    ("model AIR", _text2img(model="civitai:abc"), "model: a model string must look like 'civitai:4201@130072'"),
+    ("guidance nan", _text2img(guidance=float("nan")), "guidance: must be a number from 0 to 10, got nan"),
+    ("scheduler 27", _text2img(scheduler=27), "scheduler: must be one of 1 (MODEL_DEFAULT), 2 (DDIM)"),
+    ("style 0", _text2img(style=0), "style: must be one of 1 (NONE), 2 (ANIME)"),
+    ("language_id 0", _text2img(language_id=0), "language_id: must be an integer from 1 to 298, got 0"),
+    ("return_base64", _text2img(return_base64=None), "return_base64: must be True or False"),
+    ("use_cache", _text2img(use_cache=1), "use_cache: must be True or False"),
+    ("prompt_weighting", _text2img(prompt_weighting="y"), "prompt_weighting: must be True or False"),
+    ("on_image", _text2img(on_image=3), "on_image: must be callable, got 3"),
+    ("lora not a list", _text2img(lora=diffusionmaster.Lora("civitai:1@2")), "lora: must be a list"),
+    ("lora item", _text2img(lora=["civitai:1@2"]), "lora[0]: must be a Lora(model, weight)"),
+    ("lora model", _text2img(lora=[diffusionmaster.Lora("my-lora", 0.5)]), "lora[0].model: must be an AIR model id like 'civitai:4201@130072'"),
+    # ControlNet (protocol §3, §8.6)
+    ("controlnet item", _text2img(controlnet=[{"preprocessor": "canny"}]), "controlnet[0]: must be a ControlNet(preprocessor, guide_image)"),
+    ("preprocessor", _text2img(controlnet=[CN("depth", GUIDE)]), "controlnet[0].preprocessor: must be one of canny, depth_leres, depth_midas"),
+    ("SDXL preprocessor", _text2img(model=diffusionmaster.Model.SDXL_V1_0, controlnet=[CN("openpose", GUIDE)]), "controlnet[0].preprocessor: must be one of canny, depth_leres, depth_midas, depth_zoe, inpaint_global_harmonious; got 'openpose'"),
+    ("guide missing", _text2img(controlnet=[CN("canny", None)]), "controlnet[0].guide_image: is required"),
+    ("weight", _text2img(controlnet=[CN("canny", GUIDE, weight=1.5)]), "controlnet[0].weight: must be a number from 0 to 1"),
+    ("end_step over default steps", _text2img(controlnet=[CN("canny", GUIDE, end_step=21)]), "controlnet[0].end_step: must be an integer from 0 to 20, got 21"),
+    ("end_step over steps", _text2img(steps=30, controlnet=[CN("canny", GUIDE, end_step=31)]), "controlnet[0].end_step: must be an integer from 0 to 30"),
+    ("start after end", _text2img(controlnet=[CN("canny", GUIDE, start_step=9, end_step=3)]), "controlnet[0].start_step: 9 is after end_step 3"),
+    ("percentage", _text2img(controlnet=[CN("canny", GUIDE, start_percentage=1.2)]), "controlnet[0].start_percentage: must be a number from 0 to 1"),
+    ("percentages reversed", _text2img(controlnet=[CN("canny", GUIDE, start_percentage=0.8, end_percentage=0.2)]), "controlnet[0].start_percentage: 0.8 is after end_percentage 0.2"),
+    ("both step forms", _text2img(controlnet=[CN("canny", GUIDE, start_step=1, end_percentage=0.5)]), "controlnet[0]: give start_step/end_step or start_percentage/end_percentage, not both"),
+    ("control_mode", _text2img(controlnet=[CN("canny", GUIDE, control_mode="strict")]), "controlnet[0].control_mode: must be one of balanced, controlnet, prompt; got 'strict'"),
+    ("threshold range", _text2img(controlnet=[CN("canny", GUIDE, high_threshold_canny=256)]), "controlnet[0].high_threshold_canny: must be an integer from 0 to 255"),
+    ("threshold not canny", _text2img(controlnet=[CN("depth_midas", GUIDE, low_threshold_canny=100)]), "controlnet[0].low_threshold_canny: only valid with preprocessor 'canny', not 'depth_midas'"),
+    ("thresholds reversed", _text2img(controlnet=[CN("canny", GUIDE, low_threshold_canny=200, high_threshold_canny=100)]), "controlnet[0].low_threshold_canny: 200 is above high_threshold_canny 100"),
+    # image-taking generation
+    ("img2img without image", lambda c: c.img2img("x", None), "image: img2img needs an image"),
+    ("inpaint without mask", lambda c: c.inpaint("x", GUIDE, None), "mask: inpaint needs both"),
+    ("mask without image", lambda c: c.stream_images("x", mask=GUIDE), "mask: inpainting needs image= as well as mask="),
+    # other tasks
+    ("upscale factor 1", lambda c: c.upscale(GUIDE, 1), "factor: must be an integer from 2 to 4, got 1"),
+    ("upscale factor 5", lambda c: c.upscale(GUIDE, 5), "factor: must be an integer from 2 to 4, got 5"),
+    ("upscale factor str", lambda c: c.upscale(GUIDE, "2"), "factor: must be an integer from 2 to 4, got '2'"),
+    ("upscale timeout", lambda c: c.upscale(GUIDE, timeout="soon"), "timeout: must be seconds >= 0 or None"),
+    ("remove_background image", lambda c: c.remove_background(b"BM"), "image: the data is not a PNG, JPEG or WEBP image"),
+    ("image2text image", lambda c: c.image2text(3.5), "image: expected an image"),
+    ("upload_image image", lambda c: c.upload_image("no/such/file.png"), "image: cannot read image file 'no/such/file.png'"),
+    ("versions 0", lambda c: c.enhance_prompt("x", versions=0), "versions: must be an integer from 1 to 5, got 0"),
+    ("versions 6", lambda c: c.enhance_prompt("x", versions=6), "versions: must be an integer from 1 to 5, got 6"),
+    ("max_length 0", lambda c: c.enhance_prompt("x", max_length=0), "max_length: must be an integer from 1 to 380, got 0"),
+    ("max_length 381", lambda c: c.enhance_prompt("x", max_length=381), "max_length: must be an integer from 1 to 380, got 381"),
+    ("enhance language_id", lambda c: c.enhance_prompt("x", language_id=299), "language_id: must be an integer from 1 to 298, got 299"),
+    ("enhance prompt", lambda c: c.enhance_prompt(""), "prompt: must be a non-empty string"),
+    ("preprocessor type", lambda c: c.preprocess_controlnet(GUIDE, "sobel"), "preprocessor: must be one of canny, depth, lineart, lineart_anime, mlsd, normalbae, openpose, scribble, seg, shuffle, softedge, tile; got 'sobel'"),
+    ("preprocess width", lambda c: c.preprocess_controlnet(GUIDE, "canny", width=0), "width: must be an integer from 1 to 2048, got 0"),
+    ("preprocess height", lambda c: c.preprocess_controlnet(GUIDE, "canny", height=2049), "height: must be an integer from 1 to 2048, got 2049"),
+    ("preprocess threshold", lambda c: c.preprocess_controlnet(GUIDE, "canny", low_threshold_canny=-1), "low_threshold_canny: must be an integer from 0 to 255"),
+    ("preprocess thresholds reversed", lambda c: c.preprocess_controlnet(GUIDE, "canny", low_threshold_canny=9, high_threshold_canny=8), "low_threshold_canny: 9 is above high_threshold_canny 8"),
+    ("preprocess hands", lambda c: c.preprocess_controlnet(GUIDE, "openpose", include_hands_and_face="yes"), "include_hands_and_face: must be True or False"),
+    ("preprocess mask", lambda c: c.preprocess_controlnet(GUIDE, "canny", mask=b"nope"), "mask: the data is not a PNG, JPEG or WEBP image"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("call", "message"), [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS]
+)
+def test_bad_argument_is_refused_before_sending(
+    client: diffusionmaster.Client,
+    emulator: Emulator,
+    call: Callable[[diffusionmaster.Client], object],
+    message: str,
+) -> None:
+    """A bad argument raises InvalidArgumentError with what is allowed; only newConnection arrived."""
+    with pytest.raises(InvalidArgumentError) as info:
+        call(client)
+    assert str(info.value).startswith(message)
+    assert isinstance(info.value, ValueError)
+    assert [list(f) for f in emulator.received_frames()] == [["newConnection"]]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.text2img("x", colour="red"),
+        lambda c: c.text2img("x", image=PNG_1X1),
+        lambda c: c.img2img("x", PNG_1X1, mask=PNG_1X1),
+        lambda c: c.stream_images("x", language=23),
+    ],
+    ids=["unknown option", "text2img image", "img2img mask", "old language name"],
+)
+def test_unknown_keyword_is_a_type_error(
+    client: diffusionmaster.Client,
+    emulator: Emulator,
+    call: Callable[[diffusionmaster.Client], object],
+) -> None:
+    """An unknown keyword raises TypeError listing the allowed ones; nothing is sent."""
+    with pytest.raises(
+        TypeError,
+        match=r"unexpected keyword argument\(s\) .*; allowed: negative_prompt, number_results",
+    ):
+        call(client)
+    assert [list(f) for f in emulator.received_frames()] == [["newConnection"]]
+
+
+def test_air_ids() -> None:
+    """AIR ids look like source:model@version."""
+    assert _validate.air("lora[0].model", "civitai:132942@146296") == "civitai:132942@146296"
+    for bad in ("civitai:132942", "civitai:a@1", ":1@2", "132942@146296", 5):
+        with pytest.raises(InvalidArgumentError, match="must be an AIR model id"):
+            _validate.air("lora[0].model", bad)
+
+
+def test_size_accepts_a_list_pair() -> None:
+    """A [width, height] list works like a tuple; floats do not."""
+    assert _validate.size("size", [768, 1344]) == 17
+    with pytest.raises(InvalidArgumentError, match="unsupported size"):
+        _validate.size("size", (512.0, 512.0))
+
+
+def test_controlnet_steps_default_to_the_server_default() -> None:
+    """Without steps, ControlNet steps are bounded by the server default of 20."""
+    item = CN("canny", GUIDE, start_step=0, end_step=20)
+    assert _validate.controlnet("controlnet[0]", item, steps=None, model_id=13) is item
+    assert _validate.DEFAULT_STEPS == 20
+
+
+def test_lora_returns_model_and_weight() -> None:
+    """A Lora is returned as its (model, weight) with the weight as a float."""
+    assert _validate.lora("lora[0]", diffusionmaster.Lora("civitai:1@2", 1)) == ("civitai:1@2", 1.0)

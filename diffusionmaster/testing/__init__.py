@@ -15,8 +15,40 @@ Requires the ``emulator`` extra (``websockets`` and ``Pillow``).
 
 from __future__ import annotations
 
-from diffusionmaster.testing.emulator import Emulator, SessionInfo
-from diffusionmaster.testing.messages import ErrorId
-from diffusionmaster.testing.serve import serve_forever
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from diffusionmaster.testing.emulator import Emulator, SessionInfo
+    from diffusionmaster.testing.messages import ErrorId
+    from diffusionmaster.testing.serve import serve_forever
 
 __all__ = ["Emulator", "ErrorId", "SessionInfo", "serve_forever"]
+
+# Imported on first use, so that this package (and the pytest plugin inside it, loaded
+# by pytest whenever diffusionmaster is installed) imports without the emulator extra.
+_LAZY = {
+    "Emulator": "diffusionmaster.testing.emulator",
+    "SessionInfo": "diffusionmaster.testing.emulator",
+    "ErrorId": "diffusionmaster.testing.messages",
+    "serve_forever": "diffusionmaster.testing.serve",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise ImportError(
+            f"diffusionmaster.testing.{name} needs the emulator extra ({exc.name} is "
+            'missing): python -m pip install "diffusionmaster[emulator]"'
+        ) from exc
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

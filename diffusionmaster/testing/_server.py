@@ -29,6 +29,7 @@ import collections
 import contextlib
 import json
 import logging
+import socket
 import threading
 import uuid
 import weakref
@@ -41,8 +42,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from diffusionmaster.testing._http import image_response
-from diffusionmaster.testing._tasks import Knobs, TaskRunner, Worker
 from diffusionmaster.testing._logs import websockets_logger
+from diffusionmaster.testing._tasks import Knobs, TaskRunner, Worker
 from diffusionmaster.testing.images import ImageStore
 from diffusionmaster.testing.messages import ErrorId, FrameError
 from diffusionmaster.testing.validation import (
@@ -56,6 +57,7 @@ logger = logging.getLogger("diffusionmaster.testing.emulator")
 
 _NOT_AUTHENTICATED = "Invalid API key: the first frame must be newConnection"
 _CLOSE_TIMEOUT = 2.0  # bounds a close handshake with a peer that no longer answers
+_DROP_GRACE = 1.0  # a dropped connection's socket is aborted this long after its FIN
 
 
 @dataclass(eq=False)
@@ -216,7 +218,10 @@ class Core:
                 if not self.thawed.is_set():
                     await self._until_thawed_or_closed(ws)
                 if not conn.alive:
-                    break
+                    # Dropped (abort_connection): read and discard until the client
+                    # closes. Closing with unread input would send a TCP reset, and a
+                    # reset throws away our last frames if the kernel still held them.
+                    continue
                 conn.last_rx = self.loop.time()
                 await self._on_message(conn, message)
         except ConnectionClosed:
@@ -257,9 +262,30 @@ class Core:
         self.spawn(conn.ws.close(code, reason))
 
     def abort_connection(self, conn: Connection) -> None:
-        """Close the TCP connection at once, without a close frame."""
+        """Cut the connection at once, without a close frame.
+
+        What was already handed to the OS still reaches the client, as bytes already
+        on the wire would when a link fails: the socket is shut down for writing (a
+        FIN after those bytes) rather than reset, since a reset would discard them
+        in the kernel (which may still hold them, corked) after they were counted as
+        delivered. Input from now on is read and ignored (``alive`` is False), so
+        frames the client sends meanwhile are lost like frames sent into a dead
+        link, and the socket is not closed with unread input (which would reset it).
+        The transport is aborted after a grace period, in case the client never
+        closes its end.
+        """
         conn.alive = False
-        conn.ws.transport.abort()
+        transport = conn.ws.transport
+        sock = transport.get_extra_info("socket")
+        if sock is None or transport.is_closing():
+            transport.abort()
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            transport.abort()
+            return
+        self.loop.call_later(_DROP_GRACE, transport.abort)
 
     def drop_connections(self) -> None:
         """Abort every live connection (sessions survive)."""
@@ -480,7 +506,7 @@ class Core:
                 await conn.ws.send(text)
             except ConnectionClosed:
                 return delivered
-            if conn.ws.state is not State.OPEN or session.connection is not conn:
+            if conn.ws.state is not State.OPEN or session.connection is not conn or not conn.alive:
                 return delivered  # may not have reached the client: keep it buffered
             delivered = True
             with self.cond:

@@ -69,6 +69,10 @@ class Knobs(Protocol):
     def images_per_frame(self) -> int:
         """Items per result frame."""
 
+    @property
+    def image_bytes(self) -> int:
+        """Generated image files are padded to this many bytes (0: not padded)."""
+
 
 def positive_prompt(prompt: str) -> str:
     """Return the prompt without its ``-no <negative>`` part (the SDKs' convention)."""
@@ -163,9 +167,9 @@ class TaskRunner:
 
     def _new_image(
         self, api_key: str, ext: str, size: tuple[int, int], prompt: str | None,
-        recipe: Callable[[], Any],
+        recipe: Callable[[], Any], pad_to: int = 0,
     ) -> tuple[ImageRecord, str]:  # fmt: skip
-        record = ImageRecord(str(uuid.uuid4()), api_key, ext, size, prompt, recipe)
+        record = ImageRecord(str(uuid.uuid4()), api_key, ext, size, prompt, recipe, pad_to)
         self._store.add(record)
         return record, f"{self._base_url()}/image/{record.uuid}.{ext}"
 
@@ -182,7 +186,9 @@ class TaskRunner:
                 self._store, request.prompt, seed + index, request.size,
                 request.init_image_uuid, request.mask_image_uuid, guides,
             )  # fmt: skip
-            record, url = self._new_image(api_key, "jpg", request.size, alt_text, recipe)
+            record, url = self._new_image(
+                api_key, "jpg", request.size, alt_text, recipe, self._knobs.image_bytes
+            )
             item: dict[str, Any] = {
                 "imageSrc": url,
                 "imageUUID": record.uuid,

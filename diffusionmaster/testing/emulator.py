@@ -121,6 +121,7 @@ class Emulator:
         self.idle_timeout = idle_timeout
         self.latency = latency
         self.images_per_frame = images_per_frame
+        self.image_bytes = 0
         # Guards the observed state; re-entrant so wait_for predicates may use properties.
         self._cond = threading.Condition(threading.RLock())
         self._lifecycle = threading.Lock()  # serialises start() and close()
@@ -152,6 +153,21 @@ class Emulator:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"images_per_frame must be an int >= 1, got {value!r}")
         self._images_per_frame = value
+
+    @property
+    def image_bytes(self) -> int:
+        """Pad each generated image file with zero bytes to this size; settable, 0: off.
+
+        For benchmarks of large results (``returnBase64Image``): the file stays a
+        valid JPEG (decoders ignore bytes after its end marker).
+        """
+        return self._image_bytes
+
+    @image_bytes.setter
+    def image_bytes(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"image_bytes must be an int >= 0, got {value!r}")
+        self._image_bytes = value
 
     @property
     def resume_window(self) -> float:

@@ -55,6 +55,8 @@ class ImageRecord:
         size: (width, height) of the file, known before rendering.
         prompt: the prompt it was generated from (kept by derived images), or None.
         recipe: makes the picture; called at most once.
+        pad_to: the file is padded with zero bytes after its end to this many bytes
+            (benchmarks of large results; decoders ignore trailing bytes); 0: never.
     """
 
     uuid: str
@@ -63,6 +65,7 @@ class ImageRecord:
     size: tuple[int, int]
     prompt: str | None
     recipe: Callable[[], Image.Image]
+    pad_to: int = 0
     _data: bytes | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -85,7 +88,10 @@ class ImageRecord:
                 image = self.recipe()
                 if image.size != self.size:  # a recipe bug; the size was announced already
                     image = image.resize(self.size)
-                self._data = _encode(image, self.ext)
+                data = _encode(image, self.ext)
+                if len(data) < self.pad_to:
+                    data += bytes(self.pad_to - len(data))
+                self._data = data
             return self._data
 
 

@@ -1,0 +1,1 @@
+"""A minimal Django site that generates images with one shared diffusionmaster client."""

@@ -1,0 +1,406 @@
+"""The command line, run in-process (``main(argv)``) or as ``python -m diffusionmaster``
+against a real emulator on 127.0.0.1."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import diffusionmaster
+from diffusionmaster.cli import EXIT_CODES, main
+from diffusionmaster.testing import Emulator
+
+from .conftest import API_KEY, seconds
+
+SUBPROCESS_TIMEOUT = seconds(30)
+
+
+def _run(emu: Emulator, *argv: str) -> int:
+    """``main`` with the emulator's URL and key appended."""
+    return main([*argv, "--url", emu.url, "--api-key", API_KEY])
+
+
+def _frames(emu: Emulator, key: str) -> list[dict[str, Any]]:
+    return [f[key] for f in emu.received_frames() if key in f]
+
+
+def _jpeg(tmp_path: Path, emu: Emulator) -> Path:
+    """A JPEG file made by the emulator."""
+    with diffusionmaster.Client(API_KEY, url=emu.url) as client:
+        (image,) = client.text2img("a source image")
+        path = image.save(tmp_path / "source.jpg")
+    emu.clear_received()
+    return path
+
+
+def _python(*argv: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "DIFFUSIONMASTER_API_KEY"}
+    return subprocess.run(
+        [sys.executable, "-m", "diffusionmaster", *argv],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        env=env,
+        check=False,
+        **kwargs,
+    )
+
+
+# -- the commands ---------------------------------------------------------------------
+
+
+def test_generate_saves_images_and_prints_their_paths(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """generate -n 3 saves three JPEG files under -o and prints their paths."""
+    assert _run(emulator, "generate", "a red fox", "-n", "3", "-o", str(tmp_path)) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert sorted(printed) == sorted(str(p) for p in tmp_path.glob("*.jpg"))
+    assert len(printed) == 3
+    assert all(Path(p).read_bytes().startswith(b"\xff\xd8") for p in printed)
+
+
+def test_generate_sends_the_options(emulator: Emulator, tmp_path: Path) -> None:
+    """--size, --model, --seed and --negative reach the wire as sizeId, modelId, seed and -no."""
+    argv = ["generate", "a castle", "--size", "512x768", "--model", "4", "--seed", "7"]
+    assert _run(emulator, *argv, "--negative", "fog", "-o", str(tmp_path)) == 0
+    (task,) = _frames(emulator, "newTask")
+    assert (task["promptText"], task["sizeId"], task["modelId"], task["seed"]) == (
+        "a castle -no fog",
+        2,
+        4,
+        7,
+    )
+
+
+def test_generate_json(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json prints one object whose images name their file, UUID and task UUID."""
+    assert _run(emulator, "generate", "a boat", "-n", "2", "--json", "-o", str(tmp_path)) == 0
+    images = json.loads(capsys.readouterr().out)["images"]
+    (task,) = _frames(emulator, "newTask")
+    assert [Path(i["path"]).name for i in images] == [f"{i['uuid']}.jpg" for i in images]
+    assert {i["task_uuid"] for i in images} == {task["taskUUID"]}
+
+
+def test_img2img_uploads_the_file(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """img2img uploads the local file and sends taskType 2 with its UUID."""
+    source = _jpeg(tmp_path, emulator)
+    assert _run(emulator, "img2img", "at night", str(source), "-o", str(tmp_path / "o")) == 0
+    (upload,) = _frames(emulator, "newImageUpload")
+    (task,) = _frames(emulator, "newTask")
+    assert upload["imageBase64"].startswith("data:image/jpeg;base64,")
+    assert (task["taskType"], task["promptText"]) == (2, "at night")
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_upscale(emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """upscale --factor 4 sends upscaleFactor 4 and saves one image."""
+    source = _jpeg(tmp_path, emulator)
+    assert _run(emulator, "upscale", str(source), "--factor", "4", "-o", str(tmp_path / "o")) == 0
+    (request,) = _frames(emulator, "newUpscaleGan")
+    assert request["upscaleFactor"] == 4
+    assert [Path(p).parent for p in capsys.readouterr().out.splitlines()] == [tmp_path / "o"]
+
+
+def test_remove_bg_saves_a_png(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """remove-bg saves the cut-out as a PNG file."""
+    source = _jpeg(tmp_path, emulator)
+    assert _run(emulator, "remove-bg", str(source), "-o", str(tmp_path / "o")) == 0
+    (path,) = capsys.readouterr().out.splitlines()
+    assert Path(path).read_bytes().startswith(b"\x89PNG")
+
+
+def test_caption_prints_the_text(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """caption prints the server's caption of the image."""
+    source = _jpeg(tmp_path, emulator)
+    assert _run(emulator, "caption", str(source)) == 0
+    assert capsys.readouterr().out == "an image of 512x512 pixels\n"
+
+
+def test_enhance_prints_one_version_per_line(
+    emulator: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """enhance --versions 3 prints three distinct prompts."""
+    assert _run(emulator, "enhance", "a cat", "--versions", "3") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(set(lines)) == 3
+    assert all(line.startswith("a cat, ") for line in lines)
+
+
+def test_upload_prints_the_uuid(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """upload prints the UUID the server gave the image."""
+    source = _jpeg(tmp_path, emulator)
+    assert _run(emulator, "upload", str(source), "--json") == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert emulator.image_count == 2  # the source and its upload
+    assert printed["url"] == f"{emulator.http_url}/image/{printed['uuid']}.png"
+
+
+def test_embedded_emulator_needs_no_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--emulator generates images with no key and no server."""
+    monkeypatch.delenv("DIFFUSIONMASTER_API_KEY", raising=False)
+    assert main(["generate", "a tree", "-n", "2", "--emulator", "-o", str(tmp_path)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_options_before_the_command(emulator: Emulator, tmp_path: Path) -> None:
+    """The common options may come before the command's name."""
+    argv = ["--url", emulator.url, "--api-key", API_KEY, "generate", "x", "-o", str(tmp_path)]
+    assert main(argv) == 0
+
+
+def test_key_from_the_environment(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --api-key the key comes from DIFFUSIONMASTER_API_KEY."""
+    monkeypatch.setenv("DIFFUSIONMASTER_API_KEY", API_KEY)
+    assert main(["generate", "x", "--url", emulator.url, "-o", str(tmp_path)]) == 0
+
+
+def test_demo_saves_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """demo saves the images under -o and prints their paths."""
+    assert main(["demo", "-n", "2", "-o", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert sorted(printed) == sorted(str(p) for p in tmp_path.glob("*.jpg"))
+    assert len(printed) == 2
+
+
+# -- failures: one line on stderr and an exit code ------------------------------------
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith("diffusionmaster: error: ")
+    return line.removeprefix("diffusionmaster: error: ")
+
+
+def test_no_key(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a key the command exits 2 and says where a key comes from."""
+    monkeypatch.delenv("DIFFUSIONMASTER_API_KEY", raising=False)
+    assert main(["generate", "x", "--url", "ws://127.0.0.1:9/v1/"]) == EXIT_CODES["usage"] == 2
+    assert _one_error_line(capsys) == (
+        "no API key: pass --api-key, set DIFFUSIONMASTER_API_KEY, or use --emulator"
+    )
+
+
+def test_refused_key(emulator: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """A key the server refuses exits 3."""
+    assert main(["generate", "x", "--url", emulator.url, "--api-key", "wrong"]) == 3
+    assert _one_error_line(capsys) == (
+        "authentication failed: the server refused the API key: Invalid API key"
+    )
+
+
+def test_invalid_argument_names_the_flag(
+    emulator: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An argument the client rejects exits 2, names the flag, and sends no task."""
+    assert _run(emulator, "generate", "x", "--seed", "0") == 2
+    assert _one_error_line(capsys) == "invalid argument --seed: must be an integer >= 1, got 0"
+    assert _frames(emulator, "newTask") == []
+
+
+def test_unparsable_argument(capsys: pytest.CaptureFixture[str]) -> None:
+    """A value argparse cannot parse exits 2 with one line."""
+    assert main(["generate", "x", "--size", "big"]) == 2
+    assert _one_error_line(capsys) == (
+        "argument --size: expected WIDTHxHEIGHT such as 512x768, got 'big' "
+        "(see diffusionmaster generate --help)"
+    )
+
+
+def test_missing_image_file(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An image file that does not exist exits 2 and names IMAGE."""
+    assert _run(emulator, "caption", str(tmp_path / "nope.png")) == 2
+    assert _one_error_line(capsys).startswith("invalid argument IMAGE: cannot read image file ")
+
+
+def test_connection_failure(capsys: pytest.CaptureFixture[str]) -> None:
+    """A server that cannot be reached exits 4."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{s.getsockname()[1]}/v1/"  # bound, not listening: refused
+        assert main(["generate", "x", "--url", url, "--api-key", API_KEY]) == 4
+    assert _one_error_line(capsys).startswith(f"connection failed: cannot connect to {url}: ")
+
+
+def test_timeout(emulator: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """Results that do not arrive within --timeout exit 5."""
+    emulator.withhold_frames()
+    assert _run(emulator, "generate", "x", "--timeout", str(seconds(0.3))) == 5
+    (task,) = _frames(emulator, "newTask")
+    assert _one_error_line(capsys) == (
+        f"timed out: task {task['taskUUID']}: 0 of 1 results arrived before the timeout"
+    )
+
+
+def test_task_error(emulator: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """An error the server reports for the task exits 7."""
+    emulator.fail_next_task(42, "no capacity")
+    assert _run(emulator, "enhance", "x") == 7
+    (task,) = _frames(emulator, "newPromptEnhance")
+    assert _one_error_line(capsys) == (
+        f"task failed: task {task['taskUUID']} failed (errorId 42): no capacity"
+    )
+
+
+def test_expired_session(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A session the server forgot while the task waited exits 6."""
+    emulator.withhold_frames()
+    codes: list[int] = []
+    runner = threading.Thread(
+        target=lambda: codes.append(_run(emulator, "generate", "x", "-o", str(tmp_path)))
+    )
+    runner.start()
+    assert emulator.wait_for(lambda: "newTask" in str(emulator.received_frames()), seconds(5))
+    emulator.expire_sessions()
+    runner.join(seconds(10))
+    assert codes == [6]
+    assert _one_error_line(capsys).startswith("session expired: the server no longer knows ")
+
+
+def test_unwritable_output(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An output folder that cannot be created exits 1 before anything is sent."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert _run(emulator, "generate", "x", "-o", str(blocker / "sub")) == 1
+    assert _one_error_line(capsys).startswith(f"cannot create the output folder '{blocker}/sub': ")
+
+
+# -- the program: python -m diffusionmaster, the emulator server, the progress bar -------
+
+
+def test_python_m_diffusionmaster_json() -> None:
+    """``python -m diffusionmaster enhance --emulator --json`` prints JSON and exits 0."""
+    result = _python("enhance", "a cat", "--versions", "2", "--emulator", "--json")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert len(json.loads(result.stdout)["texts"]) == 2
+
+
+def test_expected_failure_prints_no_traceback() -> None:
+    """A failure in the real program prints one line to stderr and no traceback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{s.getsockname()[1]}/v1/"  # bound, not listening: refused
+        result = _python("generate", "x", "--url", url, "--api-key", "k")
+    assert result.returncode == 4
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_emulator_command_prints_its_real_port() -> None:
+    """``emulator --port 0`` prints the URL of the port it bound, which serves clients."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffusionmaster", "emulator", "--port", "0", "--api-key", "k"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # bounded by the finally below if it hangs
+        url = first.split()[2]
+        assert first == f"emulator on {url} (keys: k)\n"
+        assert ":0/" not in url
+        with diffusionmaster.Client("k", url=url, timeout=seconds(10)) as client:
+            assert len(client.text2img("x", number_results=2)) == 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+        except subprocess.TimeoutExpired:  # pragma: no cover - reported by the assert
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+
+
+def _run_on_a_terminal(*argv: str) -> tuple[int, str]:
+    """Run the program with stderr on an 80-column pseudo-terminal; return (code, stderr)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "diffusionmaster", *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=slave,
+        )
+        os.close(slave)
+        chunks: list[bytes] = []
+        while True:
+            ready, _, _ = select.select([master], [], [], SUBPROCESS_TIMEOUT)
+            if not ready:
+                proc.kill()
+                break
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the program closed its end
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        code = proc.wait(timeout=SUBPROCESS_TIMEOUT)
+    finally:
+        os.close(master)
+    return code, b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    """Generating several images with stderr on a terminal draws a tqdm bar there."""
+    pytest.importorskip("tqdm")
+    code, err = _run_on_a_terminal("generate", "x", "-n", "4", "--emulator", "-o", str(tmp_path))
+    assert code == 0
+    assert "4/4" in err
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+    """With stderr on a pipe, a successful run writes nothing to it."""
+    result = _python("generate", "x", "-n", "4", "--emulator", "-o", str(tmp_path))
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_verbose_logs_to_stderr(tmp_path: Path) -> None:
+    """-vv logs the library's DEBUG records to stderr."""
+    result = _python("generate", "x", "--emulator", "-vv", "-o", str(tmp_path))
+    assert result.returncode == 0
+    assert " DEBUG diffusionmaster.testing.emulator: emulator listening on ws://" in result.stderr
+
+
+def test_help_lists_the_exit_codes() -> None:
+    """--help exits 0 and documents the exit codes."""
+    result = _python("--help")
+    assert result.returncode == 0
+    assert "3 key refused" in " ".join(result.stdout.split())

@@ -1,0 +1,300 @@
+"""Results: reading (once, over reused HTTP connections), saving, Pillow, and inline display."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image as PILImage
+
+import diffusionmaster
+from diffusionmaster import ConnectionFailedError, Image, RequestTimeoutError, _http
+from diffusionmaster.testing import Emulator
+
+from .conftest import seconds
+
+UUID = "0b6f3a2e-8d7c-4e5f-9a1b-2c3d4e5f6a7b"
+
+
+def _encode(fmt: str, size: tuple[int, int] = (20, 10), mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    PILImage.new(mode, size, (10, 200, 30) if mode == "RGB" else (10, 200, 30, 128)).save(
+        buffer, fmt
+    )
+    return buffer.getvalue()
+
+
+def _inline(data: bytes) -> Image:
+    """An Image whose bytes came with the result (returnBase64Image), with no URL."""
+    encoded = base64.b64encode(data).decode()
+    return Image._from_result(uuid=UUID, url=None, task_uuid=None, base64_data=encoded)
+
+
+# -- a keep-alive HTTP server, to watch downloads -------------------------------------------
+
+
+class _ImageServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.files: dict[str, bytes] = {}
+        self.requests: list[str] = []
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.answer = threading.Event()  # cleared: requests wait (a slow server)
+        self.answer.set()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that timed out and closed its socket is expected here
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    timeout = 5  # an idle kept-alive connection ends on its own
+    server: _ImageServer
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.connections += 1
+
+    def do_GET(self) -> None:
+        with self.server.lock:
+            self.server.requests.append(self.path)
+        self.server.answer.wait(seconds(5))
+        body = self.server.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def image_server() -> Iterator[_ImageServer]:
+    """A keep-alive HTTP server on 127.0.0.1 that counts connections and requests."""
+    server = _ImageServer()
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), name="test-image-server")
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.answer.set()
+        _http.close_idle()
+        server.shutdown()
+        server.server_close()
+        thread.join(seconds(5))
+
+
+# -- read ------------------------------------------------------------------------------------
+
+
+def test_read_downloads_once(image_server: _ImageServer) -> None:
+    """Two reads of an image make one HTTP request and return the same bytes."""
+    image_server.files["/a.png"] = data = _encode("PNG")
+    image = Image(UUID, url=image_server.base + "/a.png")
+    assert image.read() == data
+    assert image.read() is image.read()
+    assert image_server.requests == ["/a.png"]
+
+
+def test_concurrent_reads_download_once(image_server: _ImageServer) -> None:
+    """Eight threads reading one image at once make one HTTP request."""
+    image_server.files["/a.png"] = data = _encode("PNG")
+    image = Image(UUID, url=image_server.base + "/a.png")
+    results: list[bytes] = []
+    threads = [threading.Thread(target=lambda: results.append(image.read())) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds(5))
+    assert results == [data] * 8
+    assert image_server.requests == ["/a.png"]
+
+
+def test_downloads_reuse_the_http_connection(image_server: _ImageServer) -> None:
+    """Downloads of several images from one host go over one kept-alive connection."""
+    for name in ("a", "b", "c"):
+        image_server.files[f"/{name}.png"] = _encode("PNG", (5, 5 + len(name)))
+    images = [Image(UUID, url=f"{image_server.base}/{name}.png") for name in ("a", "b", "c")]
+    assert [i.to_pil().size for i in images] == [(5, 6)] * 3
+    assert image_server.requests == ["/a.png", "/b.png", "/c.png"]
+    assert image_server.connections == 1
+
+
+def test_download_timeout_is_a_request_timeout(image_server: _ImageServer) -> None:
+    """A download that gets no answer in time raises RequestTimeoutError (a TimeoutError)."""
+    image_server.files["/slow.png"] = _encode("PNG")
+    image_server.answer.clear()
+    with pytest.raises(RequestTimeoutError, match=r"download of .*/slow\.png timed out") as info:
+        Image(UUID, url=image_server.base + "/slow.png").read(timeout=seconds(0.2))
+    assert isinstance(info.value, TimeoutError)
+
+
+def test_missing_image_is_a_connection_failure(emulator: Emulator) -> None:
+    """An HTTP error status raises ConnectionFailedError naming it."""
+    image = Image(UUID, url=f"{emulator.http_url}/image/{UUID}.jpg")
+    with pytest.raises(ConnectionFailedError, match="HTTP 404"):
+        image.read()
+
+
+def test_base64_result_matches_the_file(client: diffusionmaster.Client) -> None:
+    """return_base64 bytes are the same as the file at the image's URL."""
+    (image,) = client.text2img("inline", return_base64=True)
+    assert image.read() == Image(image.uuid, image.url).read()
+    assert "imageBase64" not in repr(image) and "base64" not in repr(image)
+
+
+def test_image_without_data_or_url_cannot_be_read() -> None:
+    """An Image built by hand with no URL raises ValueError on read."""
+    with pytest.raises(ValueError, match="neither base64 data nor a URL"):
+        Image(UUID).read()
+
+
+# -- save ------------------------------------------------------------------------------------
+
+
+def test_save_into_a_directory_names_the_file_after_the_uuid(tmp_path: Path) -> None:
+    """Saving into a directory writes <uuid>.<format suffix>."""
+    data = _encode("JPEG")
+    assert _inline(data).save(tmp_path) == tmp_path / f"{UUID}.jpg"
+    assert (tmp_path / f"{UUID}.jpg").read_bytes() == data
+
+
+def test_save_adds_the_suffix_of_the_format(tmp_path: Path) -> None:
+    """A file name without a suffix gets the image's own suffix."""
+    data = _encode("WEBP")
+    assert _inline(data).save(tmp_path / "picture") == tmp_path / "picture.webp"
+    assert (tmp_path / "picture.webp").read_bytes() == data
+
+
+def test_save_with_the_same_format_writes_the_bytes(tmp_path: Path) -> None:
+    """A suffix naming the image's format gets the bytes unchanged."""
+    data = _encode("JPEG")
+    assert _inline(data).save(tmp_path / "x.JPEG") == tmp_path / "x.JPEG"
+    assert (tmp_path / "x.JPEG").read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("source", "mode", "name", "expected"),
+    [("JPEG", "RGB", "x.png", "PNG"), ("PNG", "RGBA", "x.jpg", "JPEG"),
+     ("PNG", "RGB", "x.webp", "WEBP")],
+)  # fmt: skip
+def test_save_converts_to_the_format_of_the_suffix(
+    tmp_path: Path, source: str, mode: str, name: str, expected: str
+) -> None:
+    """A .png, .jpg or .webp name of another format is converted to it."""
+    path = _inline(_encode(source, mode=mode)).save(tmp_path / name)
+    with PILImage.open(path) as saved:
+        assert (saved.format, saved.size) == (expected, (20, 10))
+
+
+def test_save_with_an_unknown_suffix_writes_the_bytes(tmp_path: Path) -> None:
+    """Another suffix gets the bytes as they are."""
+    data = _encode("PNG")
+    assert _inline(data).save(tmp_path / "x.bin").read_bytes() == data
+
+
+# -- Pillow ----------------------------------------------------------------------------------
+
+
+def test_to_pil_returns_a_loaded_image(client: diffusionmaster.Client) -> None:
+    """to_pil returns the decoded image at the generated size."""
+    (image,) = client.text2img("a box", size=(640, 960))
+    picture = image.to_pil()
+    assert (picture.format, picture.mode, picture.size) == ("JPEG", "RGB", (640, 960))
+
+
+def test_to_pil_without_pillow_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Pillow, to_pil raises ImportError with the pip command."""
+    image = _inline(_encode("PNG"))
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(ImportError, match=r"pip install 'diffusionmaster\[pil\]'"):
+        image.to_pil()
+
+
+def test_save_conversion_without_pillow_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without Pillow, a save that needs a conversion raises ImportError and writes nothing."""
+    image = _inline(_encode("PNG"))
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(ImportError, match="pip install Pillow"):
+        image.save(tmp_path / "x.jpg")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_importing_the_package_does_not_import_pillow() -> None:
+    """Pillow is imported only when a method needs it."""
+    code = "import sys, diffusionmaster; print('PIL' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=seconds(30)
+    )
+    assert (result.returncode, result.stdout) == (0, "False\n")
+
+
+# -- inline display --------------------------------------------------------------------------
+
+
+def test_jpeg_mimebundle(client: diffusionmaster.Client) -> None:
+    """A JPEG result displays as image/jpeg with its repr as text."""
+    (image,) = client.text2img("a kite")
+    bundle = image._repr_mimebundle_()
+    assert bundle == {
+        "text/plain": repr(image),
+        "image/jpeg": base64.b64encode(image.read()).decode("ascii"),
+    }
+
+
+def test_jpeg_repr_methods(client: diffusionmaster.Client) -> None:
+    """A JPEG result gives its bytes to _repr_jpeg_ only."""
+    (image,) = client.text2img("a kite")
+    assert image._repr_jpeg_() == image.read()
+    assert (image._repr_png_(), image._repr_html_()) == (None, None)
+
+
+def test_png_repr_methods(client: diffusionmaster.Client) -> None:
+    """A PNG result (background removal) gives its bytes to _repr_png_ only."""
+    cutout = client.remove_background(_encode("PNG"))
+    assert cutout._repr_png_() == cutout.read()
+    assert (cutout._repr_jpeg_(), cutout._repr_html_()) == (None, None)
+    assert set(cutout._repr_mimebundle_()) == {"text/plain", "image/png"}
+
+
+def test_webp_displays_as_html() -> None:
+    """A WEBP image displays as an HTML <img> with a data URI."""
+    data = _encode("WEBP")
+    html = f'<img src="data:image/webp;base64,{base64.b64encode(data).decode()}"/>'
+    image = _inline(data)
+    assert image._repr_html_() == html
+    assert image._repr_mimebundle_() == {"text/plain": repr(image), "text/html": html}
+    assert (image._repr_png_(), image._repr_jpeg_()) == (None, None)
+
+
+def test_ipython_displays_a_result_inline(client: diffusionmaster.Client) -> None:
+    """IPython's display formatter renders a result as an inline JPEG."""
+    from IPython.core.formatters import DisplayFormatter
+
+    (image,) = client.text2img("a kite")
+    data, _ = DisplayFormatter().format(image)
+    assert set(data) == {"text/plain", "image/jpeg"}
+    assert base64.b64decode(data["image/jpeg"]) == image.read()
