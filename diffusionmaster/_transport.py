@@ -6,14 +6,17 @@ WebSocket frames (RFC 6455 §5) on its socket itself, and translates every
 exception the socket or websocket-client raises into
 :class:`~diffusionmaster.errors.ConnectionFailedError`, here and nowhere else.
 
-Why frames are handled here rather than by ``recv_data_frame``/``send``, measured
-with ``python -m bench`` (bench/RESULTS.md): websocket-client reads a frame in 2 to
-4 ``recv`` calls of 2, 2 and n bytes through several Python layers (about 8 us per
-small frame on the benchmark machine, against about 1 us here), reads large frames
-in 16 KiB pieces that it then joins (twice the frame's size in memory), and masks
-and sends large frames with whole-payload big-integer arithmetic and a copy of the
-unsent rest after every partial ``send`` (about 290 ms for a 14 MB upload frame,
-about 60 ms here). Everything else (handshake, TLS, proxy) stays websocket-client's.
+Why frames are handled here rather than by ``recv_data_frame``/``send`` (measured
+on the benchmark machine; bench/RESULTS.md has the end-to-end effect):
+websocket-client reads a frame in 2 to 4 ``recv`` calls through several Python
+layers (8 us per small frame, against 1.1 us here), reads large frames in 16 KiB
+pieces that it then joins (twice the frame in memory, 27 ms for 14 MB against
+13 ms), and masks whole payloads with big-integer arithmetic and copies the unsent
+rest after every partial ``send`` (13 us per small frame against 5 to 8 us here;
+94 to 290 ms for a 14 MB upload frame against 30 ms). Everything else (handshake,
+TLS, proxy) stays websocket-client's. Text messages of 64 KiB and more are handed
+on undecoded, as a ``bytearray``: :func:`~diffusionmaster.protocol.decode` cuts the
+base64 out of large results before it parses them.
 
 After a :class:`~diffusionmaster.errors.ConnectionFailedError` (a timeout included)
 a transport is done: a frame may have been cut in the middle.

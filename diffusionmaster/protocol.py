@@ -35,11 +35,16 @@ Choices where protocol.md leaves a point open (tested in tests/test_protocol.py)
   frame missing a required field or with a field of the wrong type) raises
   :class:`~diffusionmaster.errors.ProtocolError` naming the frame and the field.
 - **offset** is always sent (0 unless paging), like every official SDK.
+- **Large frames** (speed only; the results are the same): :func:`encode` copies
+  long strings that need no escaping (base64 uploads) into the frame as they are,
+  and :func:`decode`, given a large frame as UTF-8 bytes, cuts the
+  ``imageBase64Data`` strings out before parsing the rest (``_load_large``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar, Union
 
@@ -525,7 +530,8 @@ def _error(frame: dict[str, Any]) -> ServerError:
 
 #: Undecoded frames at least this long may take :func:`_load_large`'s path.
 LARGE_FRAME = 64 * 1024
-_BASE64_FIELD = b'"imageBase64Data":"'
+_BASE64_FIELD = b'"imageBase64Data"'
+_BASE64_VALUE = re.compile(rb'[ \t\n\r]*:[ \t\n\r]*"')
 _BASE64_PLACEHOLDER = "@@base64-{}@@"
 
 
@@ -546,7 +552,10 @@ def _load_large(data: bytes | bytearray) -> dict[str, Any] | None:
     spans: list[tuple[int, int]] = []
     found = data.find(_BASE64_FIELD)
     while found >= 0:
-        start = found + len(_BASE64_FIELD)
+        match = _BASE64_VALUE.match(data, found + len(_BASE64_FIELD))  # : and the quote
+        if match is None:
+            return None
+        start = match.end()
         end = data.find(b'"', start)
         if end < 0 or data.find(b"\\", start, end) >= 0:
             return None

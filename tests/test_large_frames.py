@@ -9,6 +9,7 @@ import os
 import pytest
 
 from diffusionmaster import protocol
+from diffusionmaster.errors import ProtocolError
 
 
 def _dumps(message: protocol.ImageUpload) -> str:
@@ -40,3 +41,58 @@ def test_a_field_holding_the_placeholder_text_does_not_confuse_the_encoder() -> 
     data = "A" * protocol.VERBATIM_MIN
     message = protocol.ImageUpload(task_uuid="@@verbatim-0@@", image_base64=data)
     assert protocol.encode(message) == _dumps(message)
+
+
+def _images_frame(*base64_values: str, separators: tuple[str, str] = (", ", ": ")) -> str:
+    images = [
+        {"imageSrc": f"http://x/{n}.jpg", "imageUUID": f"u{n}", "taskUUID": "t", "cost": 0.0013,
+         "imageBase64Data": value, "imageAltText": 'a "quoted" alt'}
+        for n, value in enumerate(base64_values)
+    ]  # fmt: skip
+    frame = {"newImages": {"images": images, "totalAvailableResults": len(images)}}
+    return json.dumps(frame, separators=separators)
+
+
+BIG = base64.b64encode(os.urandom(120_000)).decode()
+
+
+@pytest.mark.parametrize("separators", [(", ", ": "), (",", ":")])
+def test_a_large_result_frame_decodes_as_from_str(separators: tuple[str, str]) -> None:
+    """A large newImages frame given as bytes decodes (base64 cut out) as its str does."""
+    text = _images_frame(BIG, BIG[::-1], separators=separators)
+    assert protocol._load_large(text.encode()) == json.loads(text)  # the fast path applies
+    event = protocol.decode(bytearray(text.encode()))
+    assert event == protocol.decode(text)
+    assert isinstance(event, protocol.ImagesResult)
+    assert [i.image_base64_data for i in event.images] == [BIG, BIG[::-1]]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        _images_frame(BIG.replace("/", "\\/")),  # escaped slashes: parsed in full
+        _images_frame(BIG).replace(BIG, BIG + "é"),  # not ASCII
+        '{"newImages": {"images": [], "imageBase64Data": "' + BIG + '"}}',  # not in images
+        json.dumps(
+            {
+                "newImages": {
+                    "images": [
+                        {"taskUUID": "t", "imageUUID": "u", "imageBase64Data": "@@base64-0@@"}
+                    ]
+                },
+                "x": {"imageBase64Data": BIG},
+            }
+        ),  # a placeholder-like value, and the field outside images
+        '{"other": {"imageBase64Data": "' + BIG + '"}}',  # an unknown frame
+    ],
+)
+def test_large_frames_of_another_shape_decode_as_from_str(text: str) -> None:
+    """Large frames the fast path does not fit are parsed in full, as their str is."""
+    assert protocol._load_large(text.encode()) is None
+    assert protocol.decode(text.encode()) == protocol.decode(text)
+
+
+def test_a_malformed_large_frame_raises_protocol_error() -> None:
+    """A large frame that is not valid JSON raises ProtocolError, as a small one does."""
+    with pytest.raises(ProtocolError, match="malformed JSON"):
+        protocol.decode(_images_frame(BIG).encode()[:-1])
