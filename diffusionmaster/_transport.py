@@ -10,11 +10,11 @@ Why frames are handled here rather than by ``recv_data_frame``/``send`` (measure
 on the benchmark machine; bench/RESULTS.md has the end-to-end effect):
 websocket-client reads a frame in 2 to 4 ``recv`` calls through several Python
 layers (8 us per small frame, against 1.1 us here), reads large frames in 16 KiB
-pieces that it then joins (twice the frame in memory, 27 ms for 14 MB against
-13 ms), and masks whole payloads with big-integer arithmetic and copies the unsent
-rest after every partial ``send`` (13 us per small frame against 5 to 8 us here;
-94 to 290 ms for a 14 MB upload frame against 30 ms). Everything else (handshake,
-TLS, proxy) stays websocket-client's. Text messages of 64 KiB and more are handed
+pieces that it then joins (twice the frame in memory; 8 to 24 ms to read 14 MB
+against about 5 ms), and masks whole payloads with big-integer arithmetic and
+copies the unsent rest after every partial ``send`` (13 us per small frame against
+5 to 8 us here; 94 to 290 ms for a 14 MB upload frame against 30 ms). Everything
+else (handshake, TLS, proxy) stays websocket-client's. Text messages of 64 KiB and more are handed
 on undecoded, as a ``bytearray``: :func:`~diffusionmaster.protocol.decode` cuts the
 base64 out of large results before it parses them.
 
