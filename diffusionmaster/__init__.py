@@ -12,7 +12,7 @@ Quickstart::
 
 from __future__ import annotations
 
-from .client import ENDPOINTS, Client, GenerationOptions
+from .client import ENDPOINTS, Client
 from .config import DEFAULT, Heartbeat, Reconnect
 from .errors import (
     AuthenticationError,
@@ -26,6 +26,7 @@ from .errors import (
     SessionExpiredError,
     TaskError,
 )
+from .generation import GenerationOptions
 from .models import ControlNet, Image, Lora, UploadedImage
 from .supervisor import State
 from .tables import ControlMode, Model, Scheduler, Size, Style, TaskType

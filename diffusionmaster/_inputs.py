@@ -17,7 +17,7 @@ from typing import IO, Any, Union
 from .errors import InvalidArgumentError
 from .models import Image, UploadedImage, image_format
 
-__all__ = ["ImageInput", "load"]
+__all__ = ["ImageInput", "load", "load_all"]
 
 #: Anything accepted as an image: a path, bytes, a binary file object, a PIL image,
 #: an image UUID string, or a previous result.
@@ -111,3 +111,12 @@ def load(name: str, image: object) -> str | bytes:
             raise InvalidArgumentError(name, "file objects must be opened in binary mode ('rb')")
         return _checked(name, bytes(data), "the file object")
     raise InvalidArgumentError(name, f"{_EXPECTED}; got {type(image).__name__}")
+
+
+def load_all(images: dict[str, object]) -> dict[str, str | bytes]:
+    """:func:`load` every input of ``images`` (name -> input; None values skipped).
+
+    All are read and checked before any is uploaded, so a bad second input never
+    leaves the first one uploaded for nothing.
+    """
+    return {name: load(name, image) for name, image in images.items() if image is not None}

@@ -16,16 +16,15 @@ import os
 import queue
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import attrs
-
-from . import _inputs, _validate, protocol, tables
+from . import _inputs, _validate, generation, protocol, tables
 from .config import DEFAULT, Deadline, DefaultType, Heartbeat, Reconnect
 from .errors import ClientClosedError, InvalidArgumentError, ProtocolError, RequestTimeoutError
-from .models import ControlNet, Image, Lora, UploadedImage, image_format
+from .generation import GenerationOptions
+from .models import Image, UploadedImage, image_format
 from .supervisor import Pending, State, StateListener, Supervisor
 
 if TYPE_CHECKING:
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("diffusionmaster.client")
 
-__all__ = ["ENDPOINTS", "Client", "GenerationOptions"]
+__all__ = ["ENDPOINTS", "Client"]
 
 #: The server endpoints by environment (protocol §1).
 ENDPOINTS = {
@@ -73,86 +72,6 @@ def _item_key(item: Any) -> str:
     if isinstance(item, protocol.PreprocessResult):
         return item.new_image_uuid
     raise ProtocolError(f"unexpected result {type(item).__name__}")  # pragma: no cover
-
-
-class GenerationOptions(TypedDict, total=False):
-    """Keyword options of :meth:`Client.text2img`, :meth:`Client.img2img`,
-    :meth:`Client.inpaint` and :meth:`Client.stream_images` (protocol §3).
-
-    Any other keyword raises ``TypeError``.
-
-    Attributes:
-        negative_prompt: what to avoid; sent with the ``-no`` convention
-            (``"<prompt> -no <negative_prompt>"``).
-        number_results: how many images (>= 1; default 1).
-        size: a :class:`~diffusionmaster.Size`, a ``sizeId``, or ``(width, height)``
-            from the size table (default 512x512).
-        model: a :class:`~diffusionmaster.Model`, its id, or an AIR string such as
-            ``"civitai:4201@130072"`` (default ``Model.REV_ANIMATED_V1_2_2``).
-        steps: inference steps (1 to 1000; server default 20).
-        guidance: guidance scale, 0 to 10 (server default 7.5).
-        seed: >= 1; each further image uses seed + 1. Random when absent.
-        scheduler: a :class:`~diffusionmaster.Scheduler` or its id.
-        style: a :class:`~diffusionmaster.Style` or its id.
-        clip_skip: 0 to 2.
-        language_id: the prompt's ``promptLanguageId`` (1 to 298, 1 is English);
-            absent: detected by the server.
-        use_cache: allow cached images made from similar settings.
-        check_nsfw: run the NSFW check (reported in :attr:`Image.nsfw`).
-        prompt_weighting: enable prompt weighting syntax.
-        return_base64: deliver the image bytes inside the result, so that
-            :meth:`Image.read` needs no download.
-        lora: a list of :class:`~diffusionmaster.Lora`.
-        controlnet: a list of :class:`~diffusionmaster.ControlNet` (taskType 9, or
-            10 with an initial image).
-        offset: result offset, to page through cached results (default 0).
-        on_image: called with each :class:`Image` as it arrives, in the calling
-            thread (never on a thread of the client); an exception it raises ends
-            the call.
-        timeout: seconds for the whole call (uploads included); default: the client's.
-    """
-
-    negative_prompt: str | None
-    number_results: int
-    size: tables.Size | int | tuple[int, int]
-    model: tables.Model | int | str
-    steps: int | None
-    guidance: float | None
-    seed: int | None
-    scheduler: tables.Scheduler | int | None
-    style: tables.Style | int | None
-    clip_skip: int | None
-    language_id: int | None
-    use_cache: bool | None
-    check_nsfw: bool | None
-    prompt_weighting: bool | None
-    return_base64: bool
-    lora: Sequence[Lora] | None
-    controlnet: Sequence[ControlNet] | None
-    offset: int
-    on_image: Callable[[Image], object] | None
-    timeout: float | DefaultType | None
-
-
-_GENERATION_DEFAULTS: dict[str, Any] = {
-    "negative_prompt": None, "number_results": 1, "size": tables.Size.W512_H512,
-    "model": tables.Model.REV_ANIMATED_V1_2_2, "steps": None, "guidance": None, "seed": None,
-    "scheduler": None, "style": None, "clip_skip": None, "language_id": None, "use_cache": None,
-    "check_nsfw": None, "prompt_weighting": None, "return_base64": False, "lora": None,
-    "controlnet": None, "offset": 0, "on_image": None, "timeout": DEFAULT,
-}  # fmt: skip
-
-
-@attrs.frozen
-class _Generation:
-    """A checked generation request whose image inputs are read but not yet uploaded."""
-
-    fields: dict[str, Any]  # the scalar ImageTask fields, validated
-    controls: list[ControlNet]
-    guide_urls: dict[int, str]  # controlnet index -> guideImageUrl
-    inputs: dict[str, str | bytes]  # input name -> image UUID or local bytes
-    deadline: Deadline
-    on_image: Callable[[Image], object] | None
 
 
 class _UploadSlot:
@@ -329,12 +248,6 @@ class Client:
         finally:
             supervisor.forget(pending)
 
-    @staticmethod
-    def _load_inputs(images: dict[str, object]) -> dict[str, str | bytes]:
-        """Read and check every image input (None values skipped). Nothing is sent, so a
-        bad second input never leaves the first one uploaded for nothing."""
-        return {name: _inputs.load(name, img) for name, img in images.items() if img is not None}
-
     def _resolve(self, loaded: dict[str, str | bytes], deadline: Deadline) -> dict[str, str]:
         """The image UUIDs of loaded inputs, uploading local bytes (once per content)."""
         return {
@@ -394,116 +307,18 @@ class Client:
 
     # -- generation --------------------------------------------------------------
 
-    def _prepare(
+    def _generate(
         self, prompt: str, image: object, mask: object, options: dict[str, Any]
-    ) -> _Generation:
-        """Check every argument and read the image inputs; nothing is sent."""
-        unknown = set(options) - set(GenerationOptions.__annotations__)
-        if unknown:
-            allowed = ", ".join(GenerationOptions.__annotations__)
-            raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}; allowed: {allowed}")
-        if mask is not None and image is None:
-            raise InvalidArgumentError("mask", "inpainting needs image= as well as mask=")
-        o: dict[str, Any] = {**_GENERATION_DEFAULTS, **options}
-        deadline = self._deadline(o["timeout"])
-        on_image = o["on_image"]
-        if on_image is not None and not callable(on_image):
-            raise InvalidArgumentError("on_image", f"must be callable, got {on_image!r}")
-        prompt_text = _validate.text("prompt", prompt)
-        if o["negative_prompt"] is not None:
-            prompt_text += " -no " + _validate.text("negative_prompt", o["negative_prompt"])
-        opt, v = _validate.optional, _validate
-        steps = opt(v.integer, "steps", o["steps"], 1, 1000)
-        model_id = v.model("model", o["model"])
-        fields = dict(
-            prompt_text=prompt_text,
-            number_results=v.integer("number_results", o["number_results"], 1),
-            model_id=model_id,
-            size_id=v.size("size", o["size"]),
-            offset=v.integer("offset", o["offset"], 0),
-            steps=steps,
-            g_scale=opt(v.number, "guidance", o["guidance"], 0, 10),
-            seed=opt(v.integer, "seed", o["seed"], 1),
-            use_cache=opt(v.boolean, "use_cache", o["use_cache"]),
-            scheduler_id=opt(v.table_id, "scheduler", o["scheduler"], tables.Scheduler),
-            style_id=opt(v.table_id, "style", o["style"], tables.Style),
-            clip_skip=opt(v.integer, "clip_skip", o["clip_skip"], 0, 2),
-            prompt_language_id=opt(v.language, "language_id", o["language_id"]),
-            check_nsfw=opt(v.boolean, "check_nsfw", o["check_nsfw"]),
-            use_prompt_weighting=opt(v.boolean, "prompt_weighting", o["prompt_weighting"]),
-            return_base64_image=v.boolean("return_base64", o["return_base64"]) or None,
-            lora=[
-                protocol.LoraItem(*v.lora(f"lora[{i}]", item))
-                for i, item in enumerate(self._sequence("lora", o["lora"]))
-            ] or None,
-        )  # fmt: skip
-        controls = [
-            v.controlnet(f"controlnet[{i}]", c, steps=steps, model_id=model_id)
-            for i, c in enumerate(self._sequence("controlnet", o["controlnet"]))
-        ]
-        guide_urls = {
-            i: c.guide_image
-            for i, c in enumerate(controls)
-            if isinstance(c.guide_image, str) and c.guide_image.startswith(("http://", "https://"))
-        }
-        # Every scalar is valid: now read the image inputs (still nothing sent).
-        inputs = self._load_inputs(
-            {"image": image, "mask": mask}
-            | {
-                f"controlnet[{i}].guide_image": c.guide_image
-                for i, c in enumerate(controls)
-                if i not in guide_urls
-            }
-        )
-        return _Generation(fields, controls, guide_urls, inputs, deadline, on_image)
+    ) -> Iterator[Image]:
+        """Check everything now (errors raise at the call); upload and send on iteration."""
+        gen = generation.prepare(prompt, image, mask, options)
+        return self._stream(gen, self._deadline(gen.timeout))
 
-    @staticmethod
-    def _sequence(name: str, value: object) -> Sequence[Any]:
-        if value is None:
-            return ()
-        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-            raise InvalidArgumentError(name, f"must be a list, got {value!r}")
-        return value
-
-    def _stream(self, gen: _Generation) -> Iterator[Image]:
+    def _stream(self, gen: generation.Generation, deadline: Deadline) -> Iterator[Image]:
         """Upload the inputs, send the task, and yield its images as they arrive."""
-        uuids = self._resolve(gen.inputs, gen.deadline)
-        control_items = [
-            protocol.ControlNetItem(
-                preprocessor=str(getattr(c.preprocessor, "value", c.preprocessor)),
-                weight=float(c.weight),
-                guide_image_uuid=uuids.get(f"controlnet[{i}].guide_image"),
-                guide_image_url=gen.guide_urls.get(i),
-                start_step=c.start_step,
-                end_step=c.end_step,
-                start_step_percentage=c.start_percentage,
-                end_step_percentage=c.end_percentage,
-                control_mode=None if c.control_mode is None
-                else str(getattr(c.control_mode, "value", c.control_mode)),
-                low_threshold_canny=c.low_threshold_canny,
-                high_threshold_canny=c.high_threshold_canny,
-            )
-            for i, c in enumerate(gen.controls)
-        ]  # fmt: skip
-        image, mask = uuids.get("image"), uuids.get("mask")
-        if control_items:
-            task_type = tables.TaskType.CONTROLNET_IMAGE_TO_IMAGE if image is not None \
-                else tables.TaskType.CONTROLNET_TEXT_TO_IMAGE  # fmt: skip
-        elif mask is not None:
-            task_type = tables.TaskType.INPAINTING
-        elif image is not None:
-            task_type = tables.TaskType.IMAGE_TO_IMAGE
-        else:
-            task_type = tables.TaskType.TEXT_TO_IMAGE
-        task = protocol.ImageTask(
-            task_uuid=_new_uuid(),
-            task_type=int(task_type),
-            image_initiator_uuid=image,
-            image_mask_initiator_uuid=mask,
-            control_net=control_items or None,
-            **gen.fields,
-        )
-        for item in self._results(task, task.number_results, gen.deadline):
+        uuids = self._resolve(gen.inputs, deadline)
+        task = generation.build_task(gen, uuids, _new_uuid())
+        for item in self._results(task, task.number_results, deadline):
             result = _image(item)
             if gen.on_image is not None:
                 gen.on_image(result)
@@ -548,7 +363,7 @@ class Client:
             SessionExpiredError, ConnectionFailedError, AuthenticationError,
             ClientClosedError: the connection failed for good, or the client closed.
         """
-        return self._stream(self._prepare(prompt, image, mask, dict(options)))
+        return self._generate(prompt, image, mask, dict(options))
 
     def text2img(self, prompt: str, **options: Unpack[GenerationOptions]) -> list[Image]:
         """Generate images from a prompt (taskType 1, or 9 with ``controlnet``).
@@ -570,7 +385,7 @@ class Client:
             SessionExpiredError, ConnectionFailedError, AuthenticationError,
             ClientClosedError: as :meth:`stream_images`.
         """
-        return list(self._stream(self._prepare(prompt, None, None, dict(options))))
+        return list(self._generate(prompt, None, None, dict(options)))
 
     def img2img(
         self, prompt: str, image: _inputs.ImageInput, **options: Unpack[GenerationOptions]
@@ -598,7 +413,7 @@ class Client:
         """
         if image is None:
             raise InvalidArgumentError("image", "img2img needs an image")
-        return list(self._stream(self._prepare(prompt, image, None, dict(options))))
+        return list(self._generate(prompt, image, None, dict(options)))
 
     def inpaint(
         self,
@@ -625,7 +440,7 @@ class Client:
         """
         if image is None or mask is None:
             raise InvalidArgumentError("image" if image is None else "mask", "inpaint needs both")
-        return list(self._stream(self._prepare(prompt, image, mask, dict(options))))
+        return list(self._generate(prompt, image, mask, dict(options)))
 
     def upload_image(
         self, image: _inputs.ImageInput, *, timeout: Timeout = DEFAULT
@@ -678,7 +493,7 @@ class Client:
         """
         deadline = self._deadline(timeout)
         upscale_factor = _validate.integer("factor", factor, 2, 4)
-        uuids = self._resolve(self._load_inputs({"image": image}), deadline)
+        uuids = self._resolve(_inputs.load_all({"image": image}), deadline)
         request = protocol.UpscaleGan(_new_uuid(), uuids["image"], upscale_factor)
         return self._single_image(request, deadline)
 
@@ -696,7 +511,7 @@ class Client:
             InvalidArgumentError, TaskError, RequestTimeoutError, ...: as :meth:`upscale`.
         """
         deadline = self._deadline(timeout)
-        uuids = self._resolve(self._load_inputs({"image": image}), deadline)
+        uuids = self._resolve(_inputs.load_all({"image": image}), deadline)
         return self._single_image(protocol.RemoveBackground(_new_uuid(), uuids["image"]), deadline)
 
     def image2text(self, image: _inputs.ImageInput, *, timeout: Timeout = DEFAULT) -> str:
@@ -713,7 +528,7 @@ class Client:
             InvalidArgumentError, TaskError, RequestTimeoutError, ...: as :meth:`upscale`.
         """
         deadline = self._deadline(timeout)
-        uuids = self._resolve(self._load_inputs({"image": image}), deadline)
+        uuids = self._resolve(_inputs.load_all({"image": image}), deadline)
         request = protocol.ReverseImageClip(_new_uuid(), uuids["image"])
         (item,) = self._results(request, 1, deadline)
         text: str = item.text
@@ -809,7 +624,7 @@ class Client:
                 "low_threshold_canny", f"{low} is above high_threshold_canny {high}"
             )
         hands = opt(v.boolean, "include_hands_and_face", include_hands_and_face)
-        uuids = self._resolve(self._load_inputs({"image": image, "mask": mask}), deadline)
+        uuids = self._resolve(_inputs.load_all({"image": image, "mask": mask}), deadline)
         request = protocol.PreprocessControlNet(
             task_uuid=_new_uuid(),
             pre_processor_type=kind,
