@@ -137,6 +137,8 @@ def test_readme_snippet_runs(
         for name, value in list(namespace.items()):
             if name.startswith("test_") and callable(value):
                 value()
+    if "Client(" in code and "Emulator(" not in code:  # it ran against this emulator
+        assert emulator.connections_opened >= 1
 
 
 @contextlib.contextmanager
