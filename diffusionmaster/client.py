@@ -16,6 +16,7 @@ import os
 import queue
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -162,6 +163,12 @@ class Client:
             transport_options=options,
         )
         self._supervisor.start()
+        # A client dropped without close() (say, a notebook cell run again) must not keep
+        # its socket and threads: they hold the supervisor, never the client, so the
+        # client can be collected, and then this closes the supervisor. Not at exit:
+        # the threads are daemons, and exit must never wait for a network.
+        self._finalizer = weakref.finalize(self, self._supervisor.close)
+        self._finalizer.atexit = False
 
     # -- lifecycle ---------------------------------------------------------------
 

@@ -290,3 +290,15 @@ def test_forgotten_close_does_not_block_exit(emulator: Emulator) -> None:
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "done"
     assert time.monotonic() - started < seconds(10)
+
+
+def test_dropped_client_is_closed_when_collected(emulator: Emulator) -> None:
+    """A client dropped without close() closes its connection once garbage-collected."""
+    import gc
+
+    client = make_client(emulator)
+    client.text2img("then forgotten")
+    assert emulator.connection_count == 1
+    del client
+    gc.collect()
+    assert emulator.wait_for(lambda: emulator.connection_count == 0, seconds(5))
