@@ -70,7 +70,7 @@ StateListener = Callable[[State], None]
 class Pending:
     """One task waiting for its results: a queue fed by the reader thread."""
 
-    __slots__ = ("answered", "frame", "queue", "session", "task_uuid")
+    __slots__ = ("answered", "frame", "queue", "resent", "session", "task_uuid")
 
     def __init__(self, task_uuid: str, frame: str) -> None:
         self.task_uuid = task_uuid
@@ -81,6 +81,8 @@ class Pending:
         self.session: str | None = None
         #: True once anything arrived for it
         self.answered = False
+        #: True once the supervisor re-sent it after a resume (resend_unanswered)
+        self.resent = False
 
 
 class _Events:
@@ -246,8 +248,11 @@ class Supervisor:
                     conn.send(pending.frame)
                     return
                 except ConnectionFailedError as exc:
-                    # The frame did not leave: it is safe to send it again once connected.
+                    # The frame did not leave: it is safe to send it again once connected,
+                    # unless a resume raced us and the supervisor re-sent it already.
                     with self._cond:
+                        if pending.resent:
+                            return
                         pending.session = None
                     self._send_failed(conn, exc)
         except BaseException:
@@ -561,6 +566,8 @@ class Supervisor:
                 expired = []
                 if self._reconnect.resend_unanswered:
                     resend = [p for p in self._pending.values() if not p.answered and p.session]
+                    for pending in resend:
+                        pending.resent = True
         if expired:
             uuids = [p.task_uuid for p in expired]
             logger.warning(
