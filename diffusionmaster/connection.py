@@ -117,6 +117,11 @@ class Connection:
         """Start the reader thread."""
         self._reader.start()
 
+    @property
+    def reading(self) -> bool:
+        """True while the reader thread runs."""
+        return self._reader.is_alive()
+
     def send(self, text: str) -> None:
         """Send one frame.
 

@@ -393,8 +393,9 @@ class Supervisor:
         # the server counts them as delivered), so the reader drains them and ends on
         # the error that follows; the supervisor aborts it if it is still there after
         # the heartbeat timeout (a link that died silently), and close() does at once.
-        with self._cond:
-            self._draining[conn] = time.monotonic() + self._heartbeat.timeout
+        if conn.reading:
+            with self._cond:
+                self._draining[conn] = time.monotonic() + self._heartbeat.timeout
         self._wake.set()
         self._mark_lost(conn, reason)
 

@@ -166,14 +166,19 @@ def test_take_over_of_half_open_connection(emu: Emulator) -> None:
     heartbeat = Heartbeat(interval=0.1, timeout=0.3)
     with make_client(emu, heartbeat=heartbeat, connect_timeout=0.5) as client:
         states = States(client)
+        session = client.session_uuid
+        emu.miss_disconnects()  # the server will not learn that the old link ended
         emu.withhold_frames()
         thread, outcome = _in_thread(client.text2img, "kept", number_results=2)
         assert emu.wait_for(lambda: len(_tasks(emu)) == 1, seconds(5))
-        emu.freeze()  # the server keeps the old connection; the client gives it up
+        emu.freeze()  # no pongs: the client gives the link up
         assert states.wait_for(State.RECONNECTING, seconds(3))
         emu.thaw()
+        assert states.wait_for(State.CONNECTED, seconds(10))
         emu.release_frames()
         thread.join(seconds(10))
+        assert client.session_uuid == session
+    assert emu.takeovers == 1
     assert len({i.uuid for i in outcome["result"]}) == 2
 
 

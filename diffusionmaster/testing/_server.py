@@ -91,7 +91,7 @@ class Core:
     """The server state and protocol logic (loop thread only, see the module docstring).
 
     Attributes read by other threads under ``cond``: ``received``, ``connections``,
-    ``connections_opened``, ``sessions``, ``results_sent``.
+    ``connections_opened``, ``sessions``, ``results_sent``, ``takeovers``.
     """
 
     def __init__(
@@ -121,12 +121,14 @@ class Core:
         self.connections_opened = 0
         self.sessions: dict[str, Session] = {}
         self.results_sent = 0
+        self.takeovers = 0
         # Faults (loop thread only).
         self.thawed = asyncio.Event()
         self.thawed.set()
         self.withheld = False
         self.delay = 0.0
         self.duplicate = False
+        self.miss_disconnects = False
         self.drop_after: int | None = None
         self.fail_next: FrameError | None = None
         self.lose_next = False
@@ -232,7 +234,11 @@ class Core:
             idle.cancel()
             with self.cond:
                 self.connections.discard(conn)
-                self._detach(conn)
+                if not (self.miss_disconnects and ws.protocol.close_rcvd is None):
+                    self._detach(conn)
+                # else: a half-open link (miss_disconnects): the session keeps this dead
+                # connection until a resume takes it over; frames for it stay buffered,
+                # since sending on it fails.
                 self.cond.notify_all()
 
     async def _until_thawed_or_closed(self, ws: ServerConnection) -> None:
@@ -361,6 +367,7 @@ class Core:
                 logger.debug("resuming session %s", session.uuid)
             old = session.connection
             if old is not None:  # house rule 2: take-over; the client gave that link up
+                self.takeovers += 1
                 old.session = None
                 self.close_connection(old, 1000, "session resumed on another connection")
             if session.expiry is not None:

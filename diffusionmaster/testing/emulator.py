@@ -150,9 +150,7 @@ class Emulator:
 
     @images_per_frame.setter
     def images_per_frame(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"images_per_frame must be an int >= 1, got {value!r}")
-        self._images_per_frame = value
+        self._images_per_frame = _int_at_least("images_per_frame", value, 1)
 
     @property
     def image_bytes(self) -> int:
@@ -165,9 +163,7 @@ class Emulator:
 
     @image_bytes.setter
     def image_bytes(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"image_bytes must be an int >= 0, got {value!r}")
-        self._image_bytes = value
+        self._image_bytes = _int_at_least("image_bytes", value, 0)
 
     @property
     def resume_window(self) -> float:
@@ -347,9 +343,7 @@ class Emulator:
         Raises:
             ValueError: ``n`` < 1.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an int >= 1, got {n!r}")
-        self._call(setattr, self._core_or_raise(), "drop_after", n)
+        self._call(setattr, self._core_or_raise(), "drop_after", _int_at_least("n", n, 1))
 
     def restart(self, keep_sessions: bool = True) -> None:
         """Stop listening, abort all connections, then listen again on the same port.
@@ -418,6 +412,14 @@ class Emulator:
     def duplicate_frames(self, enabled: bool = True) -> None:
         """Send every result frame twice (until called with ``enabled=False``)."""
         self._call(setattr, self._core_or_raise(), "duplicate", bool(enabled))
+
+    def miss_disconnects(self, enabled: bool = True) -> None:
+        """Do not notice connections that end without a close frame (a half-open link).
+
+        Such a connection stays attached to its session, so results stay buffered and
+        the client's resume is a take-over (house rule 2, counted by :attr:`takeovers`).
+        """
+        self._call(setattr, self._core_or_raise(), "miss_disconnects", bool(enabled))
 
     def withhold_frames(self) -> None:
         """Hold every result frame (kept in order, per session) until :meth:`release_frames`."""
@@ -528,6 +530,13 @@ class Emulator:
             return self._core.results_sent if self._core else 0
 
     @property
+    def takeovers(self) -> int:
+        """Resumes that found the session still attached to an older connection, which
+        was closed in favour of the new one (house rule 2)."""
+        with self._cond:
+            return self._core.takeovers if self._core else 0
+
+    @property
     def api_keys(self) -> frozenset[str]:
         """The keys accepted now."""
         with self._cond:
@@ -559,6 +568,12 @@ class Emulator:
     def image_count(self) -> int:
         """Images the server holds (uploaded or produced)."""
         return len(self._store)
+
+
+def _int_at_least(name: str, value: int, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
 
 
 def _non_negative(name: str, value: float) -> float:
