@@ -1,32 +1,44 @@
 """The public blocking client.
 
-Every method validates its arguments first (raising
+Every method checks its arguments first (raising
 :class:`~diffusionmaster.InvalidArgumentError` before anything is sent), reads
-local image inputs and uploads them (once per distinct content per client),
-sends one task and blocks until that task's results arrive or its timeout
-passes. A :class:`Client` is thread-safe: share one per process.
+local image inputs, and runs one funnel: upload the local inputs (once per
+distinct content per client), send the task, and wait for its results or its
+timeout. A task in flight costs a :class:`~diffusionmaster.calls.Call` handle,
+not a thread: :meth:`Client.submit` and :meth:`Client.batch` keep any number in
+flight from one thread. A :class:`Client` is thread-safe: share one per process.
 """
 
 from __future__ import annotations
 
-import base64
+import collections
+import concurrent.futures
 import hashlib
 import logging
 import os
-import queue
 import threading
+import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _inputs, _validate, generation, protocol, tables
-from .config import DEFAULT, Deadline, DefaultType, Heartbeat, Reconnect
-from .errors import ClientClosedError, InvalidArgumentError, ProtocolError, RequestTimeoutError
+from . import _inputs, protocol, tasks
+from .batch import Batch
+from .calls import Call
+from .config import DEFAULT, DefaultType, Heartbeat, Reconnect
+from .errors import (
+    ClientClosedError,
+    DiffusionMasterError,
+    InvalidArgumentError,
+    RequestTimeoutError,
+)
 from .generation import GenerationOptions
-from .models import Image, UploadedImage, image_format
-from .supervisor import Pending, State, StateListener, Supervisor
+from .models import Image, UploadedImage
+from .supervisor import State, StateListener, Supervisor, check_not_internal
+from .tasks import TaskSpec
+from .usage import Usage, UsageMeter
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -41,48 +53,32 @@ ENDPOINTS = {
     "development": "wss://dev-ws-api.diffusionmaster.com/v1/",
 }
 API_KEY_VARIABLE = "DIFFUSIONMASTER_API_KEY"
+URL_VARIABLE = "DIFFUSIONMASTER_URL"
+#: Distinct uploads remembered per client (least recently used forgotten first).
+UPLOAD_CACHE_SIZE = 1024
 
 Timeout = float | None | DefaultType
 T = TypeVar("T")
+
+_CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Only the forking thread exists now: rebuild the locks others may have held.
+    for client in list(_CLIENTS):
+        client._lock = threading.Lock()
+        client._executor = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _new_uuid() -> str:
     return str(uuid.uuid4())
 
 
-def _image(item: protocol.ImageItem) -> Image:
-    return Image._from_result(
-        uuid=item.image_uuid,
-        url=item.image_src,
-        task_uuid=item.task_uuid,
-        nsfw=item.nsfw,
-        cost=item.cost,
-        alt_text=item.image_alt_text,
-        base64_data=item.image_base64_data,
-    )
-
-
-def _item_key(item: Any) -> str:
-    """The identity of a result item, for dropping repeats (house rule 5)."""
-    if isinstance(item, protocol.ImageItem):
-        return item.image_uuid
-    if isinstance(item, protocol.TextItem):
-        return item.text
-    if isinstance(item, protocol.UploadResult):
-        return item.new_image_uuid
-    if isinstance(item, protocol.PreprocessResult):
-        return item.new_image_uuid
-    raise ProtocolError(f"unexpected result {type(item).__name__}")  # pragma: no cover
-
-
-class _UploadSlot:
-    """An upload in flight: other calls with the same bytes wait for it."""
-
-    __slots__ = ("done", "result")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.result: UploadedImage | None = None  # None once done: it failed
+class _Abandoned(DiffusionMasterError):
+    """Ends a call nobody waits for any more (a stream stopped early, a callback raised)."""
 
 
 class Client:
@@ -103,7 +99,8 @@ class Client:
 
     Args:
         api_key: the API key; defaults to the ``DIFFUSIONMASTER_API_KEY`` variable.
-        url: the WebSocket URL; overrides ``environment``.
+        url: the WebSocket URL; defaults to the ``DIFFUSIONMASTER_URL`` variable, and
+            overrides ``environment``.
         environment: ``"production"`` or ``"development"`` (protocol §1).
         timeout: the default deadline of each call, in seconds (None: no limit).
         connect_timeout: the deadline of each connection attempt (TCP, WebSocket
@@ -138,19 +135,23 @@ class Client:
                 "api_key", f"no API key: pass api_key= or set the {API_KEY_VARIABLE} variable"
             )
         if url is None:
-            url = ENDPOINTS.get(environment)
+            url = os.environ.get(URL_VARIABLE) or ENDPOINTS.get(environment)
             if url is None:
                 raise InvalidArgumentError(
                     "environment", f"must be one of {', '.join(ENDPOINTS)}; got {environment!r}"
                 )
         self.url = url
         self.timeout = timeout
-        # _lock guards _uploads, _executor and _closed. _uploads maps the SHA-256 of
-        # uploaded bytes to the result, or to the slot of an upload in flight.
+        # _lock guards _uploads, _executor, _batches and _closed. _uploads maps the
+        # SHA-256 of uploaded bytes to the upload's call (in flight or done).
         self._lock = threading.Lock()
-        self._uploads: dict[bytes, UploadedImage | _UploadSlot] = {}
+        self._uploads: collections.OrderedDict[bytes, Call[UploadedImage]] = (
+            collections.OrderedDict()
+        )
         self._executor: ThreadPoolExecutor | None = None
+        self._batches: weakref.WeakSet[Batch] = weakref.WeakSet()
         self._closed = False
+        self._usage = UsageMeter()
         options: dict[str, Any] = {}
         if http_proxy_host:
             options.update(http_proxy_host=http_proxy_host, http_proxy_port=http_proxy_port)
@@ -163,6 +164,7 @@ class Client:
             transport_options=options,
         )
         self._supervisor.start()
+        _CLIENTS.add(self)
         # A client dropped without close() (say, a notebook cell run again) must not keep
         # its socket and threads: they hold the supervisor, never the client, so the
         # client can be collected, and then this closes the supervisor. Not at exit:
@@ -184,11 +186,15 @@ class Client:
     def close(self) -> None:
         """Close the connection and stop the client's threads. Idempotent and fast.
 
-        Calls still waiting raise :class:`~diffusionmaster.ClientClosedError` at once.
+        Calls still waiting raise :class:`~diffusionmaster.ClientClosedError` at once;
+        tasks of a batch not yet sent are cancelled.
         """
         with self._lock:
             self._closed = True
             executor, self._executor = self._executor, None
+            batches = list(self._batches)
+        for batch in batches:
+            batch.cancel()
         self._supervisor.close()
         if executor is not None:
             # The workers' calls were just woken by the close; don't wait for them here.
@@ -204,132 +210,165 @@ class Client:
         """The server's session UUID (``connectionSessionUUID``)."""
         return self._supervisor.session_uuid
 
+    @property
+    def usage(self) -> Usage:
+        """Tasks, images and cost (exact) of this client's calls so far. Thread-safe."""
+        return self._usage.total
+
     def add_state_listener(self, listener: StateListener) -> None:
         """Call ``listener(state)`` on every state change.
 
         Listeners run on a thread of the client (``diffusionmaster-events``), in order,
         never on the reader thread; they must not block for long, and a blocking
         client call made from one raises :class:`~diffusionmaster.ReentrancyError`.
+        The client keeps a reference to each listener until it is removed or the
+        client is closed: a listener that refers to its client keeps a client that
+        was dropped without :meth:`close` alive.
+
+        Raises:
+            InvalidArgumentError: ``listener`` is not callable.
         """
+        if not callable(listener):
+            raise InvalidArgumentError("listener", f"must be callable, got {listener!r}")
         self._supervisor.add_listener(listener)
 
     def remove_state_listener(self, listener: StateListener) -> None:
         """Stop calling ``listener``."""
         self._supervisor.remove_listener(listener)
 
-    # -- machinery ---------------------------------------------------------------
+    # -- the funnel ----------------------------------------------------------------
 
-    def _deadline(self, timeout: Timeout) -> Deadline:
+    def _deadline(self, timeout: Timeout) -> float | None:
+        """The monotonic end of a call's deadline (None: no limit)."""
         if timeout is DEFAULT:
-            return Deadline(self.timeout)
+            timeout = self.timeout
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
         ):
             raise InvalidArgumentError("timeout", f"must be seconds >= 0 or None, got {timeout!r}")
-        return Deadline(timeout)
+        return None if timeout is None else time.monotonic() + timeout
 
-    def _results(self, request: Any, expected: int, deadline: Deadline) -> Iterator[Any]:
-        """Send ``request`` and yield its distinct result items until ``expected`` arrived."""
-        task_uuid: str = request.task_uuid
-        pending = Pending(task_uuid, protocol.encode(request))
-        supervisor = self._supervisor
-        supervisor.submit(pending, deadline)
+    def _run(self, spec: TaskSpec[T]) -> T:
+        """Run ``spec`` and block until its result (or error, or deadline)."""
+        check_not_internal()
+        end = self._deadline(spec.timeout)
+        if spec.is_ready:
+            ready: T = spec.ready
+            return ready
+        if spec.on_item is not None:
+            return spec.adapt(list(self._iterate(spec, end)))
+        call = self._start(spec, end)
+        if not call.wait(call.remaining()):
+            self._supervisor.expire(call)
+        return call.outcome()
+
+    def _stream(self, spec: TaskSpec[Any]) -> Iterator[Any]:
+        """Check the deadline now (errors raise here); send when iterated."""
+        end = self._deadline(spec.timeout)
+        return self._iterate(spec, end)
+
+    def _iterate(self, spec: TaskSpec[Any], end: float | None) -> Iterator[Any]:
+        check_not_internal()
+        call = self._start(spec, end)
         try:
-            seen: set[str] = set()
-            while len(seen) < expected:
-                try:
-                    item = pending.queue.get(timeout=deadline.remaining())
-                except queue.Empty:
-                    raise RequestTimeoutError(
-                        f"task {task_uuid}: {len(seen)} of {expected} results arrived "
-                        f"before the timeout",
-                        task_uuid=task_uuid,
-                    ) from None
-                if isinstance(item, BaseException):
-                    raise item
-                key = _item_key(item)
-                if key in seen:
-                    continue  # a repeated frame (house rule 5)
-                seen.add(key)
+            for item in call.stream(call.remaining):
+                if spec.on_item is not None:
+                    spec.on_item(item)
                 yield item
+            if not call.done():
+                self._supervisor.expire(call)
+            call.outcome()
         finally:
-            supervisor.forget(pending)
+            if not call.done():
+                self._supervisor.abandon(call, _Abandoned(f"task {call.task_uuid} abandoned"))
 
-    def _resolve(self, loaded: dict[str, str | bytes], deadline: Deadline) -> dict[str, str]:
-        """The image UUIDs of loaded inputs, uploading local bytes (once per content)."""
-        return {
-            name: value if isinstance(value, str) else self._upload(value, deadline).uuid
-            for name, value in loaded.items()
-        }
+    def _start(
+        self, spec: TaskSpec[T], end: float | None, meters: tuple[UsageMeter, ...] = ()
+    ) -> Call[T]:
+        """Start ``spec``: upload its local inputs, then send it. Never blocks on the network.
 
-    def _upload(self, data: bytes, deadline: Deadline) -> UploadedImage:
-        """Upload ``data`` unless this client already did (or is doing it right now)."""
-        digest = hashlib.sha256(data).digest()
-        while True:
-            with self._lock:
-                entry = self._uploads.get(digest)
-                if entry is None:
-                    slot = self._uploads[digest] = _UploadSlot()
-                    break
-            if isinstance(entry, UploadedImage):
-                return entry
-            # Another call is uploading the same bytes: wait for its result rather than
-            # upload them twice. If it fails, the loop lets this call try in turn.
-            if not entry.done.wait(deadline.remaining()):
-                raise RequestTimeoutError(
-                    "an upload of the same image by another call did not finish in time"
-                )
-            if entry.result is not None:
-                return entry.result
+        Errors (the client closed, the deadline passed) fail the returned call.
+        """
+        if spec.upload is not None:
+            return self._upload(spec.upload, end, meters)  # type: ignore[return-value]
+        call: Call[T] = Call(
+            _new_uuid(), spec.kind, spec.expected, item=spec.item, adapt=spec.adapt,
+            dispatch=self._supervisor.post, deadline=end, meters=(self._usage, *meters),
+        )  # fmt: skip
+        uuids = {name: v for name, v in spec.inputs.items() if isinstance(v, str)}
+        local = {name: v for name, v in spec.inputs.items() if isinstance(v, bytes)}
         try:
-            uploaded = self._send_upload(data, deadline)
-        except BaseException:
-            with self._lock:
-                del self._uploads[digest]
-            slot.done.set()
-            raise
+            uploads = {name: self._upload(data, end) for name, data in local.items()}
+        except BaseException as exc:
+            call.fail(exc)
+            return call
+        if not uploads:
+            self._send(call, spec.build(uuids, call.task_uuid))
+            return call
+        waiting = [len(uploads)]
+        lock = threading.Lock()
+
+        def uploaded(_: Call[UploadedImage]) -> None:
+            # On the dispatcher thread, once per upload: send when the last one is in.
+            with lock:
+                waiting[0] -= 1
+                if waiting[0]:
+                    return
+            if call.done():
+                return
+            for name, upload in uploads.items():
+                error = upload.error()
+                if error is not None:
+                    call.fail(error)
+                    return
+                uuids[name] = upload.outcome().uuid
+            self._send(call, spec.build(uuids, call.task_uuid))
+
+        call.blocker = list(uploads.values())
+        for upload in uploads.values():
+            upload.add_done_callback(uploaded)
+        return call
+
+    def _send(self, call: Call[Any], request: Any) -> None:
+        """Encode and send ``request`` for ``call``, unless its deadline has passed."""
+        if call.deadline is not None and time.monotonic() >= call.deadline:
+            call.fail(RequestTimeoutError(
+                f"task {call.task_uuid} was not sent: its deadline had passed",
+                task_uuid=call.task_uuid,
+            ))  # fmt: skip
+            return
+        try:
+            self._supervisor.send(call, protocol.encode(request))
+        except BaseException as exc:
+            call.fail(exc)
+
+    def _upload(
+        self, data: bytes, end: float | None, meters: tuple[UsageMeter, ...] = ()
+    ) -> Call[UploadedImage]:
+        """The upload of ``data``: this client's earlier one, one in flight, or a new one."""
+        digest = hashlib.sha256(data).digest()
         with self._lock:
-            self._uploads[digest] = uploaded
-        slot.result = uploaded
-        slot.done.set()
-        return uploaded
-
-    def _send_upload(self, data: bytes, deadline: Deadline) -> UploadedImage:
-        kind = image_format(data) or "png"
-        request = protocol.ImageUpload(
-            task_uuid=_new_uuid(),
-            image_base64=f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii"),
-        )
-        (result,) = self._results(request, 1, deadline)
-        return UploadedImage(result.new_image_uuid, result.new_image_src, result.task_uuid)
-
-    def _single_image(self, request: Any, deadline: Deadline) -> Image:
-        (item,) = self._results(request, 1, deadline)
-        if isinstance(item, protocol.PreprocessResult):
-            return Image._from_result(
-                uuid=item.new_image_uuid, url=item.new_image_src, task_uuid=item.task_uuid,
-                nsfw=item.nsfw,
+            call = self._uploads.get(digest)
+            if call is not None and call.error() is None:
+                self._uploads.move_to_end(digest)
+                return call
+            call = Call(
+                _new_uuid(), "upload", 1, item=tasks.uploaded, adapt=tasks.first,
+                dispatch=self._supervisor.post, deadline=end, meters=(self._usage, *meters),
             )  # fmt: skip
-        return _image(item)
+            self._uploads[digest] = call
+            while len(self._uploads) > UPLOAD_CACHE_SIZE:
+                self._uploads.popitem(last=False)
 
-    # -- generation --------------------------------------------------------------
+        def forget_failed(done: Call[UploadedImage]) -> None:
+            if done.error() is not None:
+                with self._lock:
+                    if self._uploads.get(digest) is done:
+                        del self._uploads[digest]
 
-    def _generate(
-        self, prompt: str, image: object, mask: object, options: dict[str, Any]
-    ) -> Iterator[Image]:
-        """Check everything now (errors raise at the call); upload and send on iteration."""
-        gen = generation.prepare(prompt, image, mask, options)
-        return self._stream(gen, self._deadline(gen.timeout))
-
-    def _stream(self, gen: generation.Generation, deadline: Deadline) -> Iterator[Image]:
-        """Upload the inputs, send the task, and yield its images as they arrive."""
-        uuids = self._resolve(gen.inputs, deadline)
-        task = generation.build_task(gen, uuids, _new_uuid())
-        for item in self._results(task, task.number_results, deadline):
-            result = _image(item)
-            if gen.on_image is not None:
-                gen.on_image(result)
-            yield result
+        call.add_done_callback(forget_failed)
+        self._send(call, tasks.upload_request(data, call.task_uuid))
+        return call
 
     # -- public tasks --------------------------------------------------------------
 
@@ -370,7 +409,7 @@ class Client:
             SessionExpiredError, ConnectionFailedError, AuthenticationError,
             ClientClosedError: the connection failed for good, or the client closed.
         """
-        return self._generate(prompt, image, mask, dict(options))
+        return self._stream(tasks.stream_images(prompt, image=image, mask=mask, **options))
 
     def text2img(self, prompt: str, **options: Unpack[GenerationOptions]) -> list[Image]:
         """Generate images from a prompt (taskType 1, or 9 with ``controlnet``).
@@ -392,7 +431,7 @@ class Client:
             SessionExpiredError, ConnectionFailedError, AuthenticationError,
             ClientClosedError: as :meth:`stream_images`.
         """
-        return list(self._generate(prompt, None, None, dict(options)))
+        return self._run(tasks.text2img(prompt, **options))
 
     def img2img(
         self, prompt: str, image: _inputs.ImageInput, **options: Unpack[GenerationOptions]
@@ -418,9 +457,7 @@ class Client:
             SessionExpiredError, ConnectionFailedError, AuthenticationError,
             ClientClosedError: as :meth:`stream_images`.
         """
-        if image is None:
-            raise InvalidArgumentError("image", "img2img needs an image")
-        return list(self._generate(prompt, image, None, dict(options)))
+        return self._run(tasks.img2img(prompt, image, **options))
 
     def inpaint(
         self,
@@ -445,9 +482,7 @@ class Client:
             SessionExpiredError, ConnectionFailedError, AuthenticationError,
             ClientClosedError: as :meth:`stream_images`.
         """
-        if image is None or mask is None:
-            raise InvalidArgumentError("image" if image is None else "mask", "inpaint needs both")
-        return list(self._generate(prompt, image, mask, dict(options)))
+        return self._run(tasks.inpaint(prompt, image, mask, **options))
 
     def upload_image(
         self, image: _inputs.ImageInput, *, timeout: Timeout = DEFAULT
@@ -471,14 +506,7 @@ class Client:
             TaskError, RequestTimeoutError, SessionExpiredError, ConnectionFailedError,
             AuthenticationError, ClientClosedError: as :meth:`stream_images`.
         """
-        deadline = self._deadline(timeout)
-        loaded = _inputs.load("image", image)
-        if isinstance(image, UploadedImage):
-            return image
-        if isinstance(loaded, str):
-            url = image.url if isinstance(image, Image) else None
-            return UploadedImage(loaded, url)
-        return self._upload(loaded, deadline)
+        return self._run(tasks.upload_image(image, timeout=timeout))
 
     def upscale(
         self, image: _inputs.ImageInput, factor: int = 2, *, timeout: Timeout = DEFAULT
@@ -498,11 +526,7 @@ class Client:
             TaskError, RequestTimeoutError, SessionExpiredError, ConnectionFailedError,
             AuthenticationError, ClientClosedError: as :meth:`stream_images`.
         """
-        deadline = self._deadline(timeout)
-        upscale_factor = _validate.integer("factor", factor, 2, 4)
-        uuids = self._resolve(_inputs.load_all({"image": image}), deadline)
-        request = protocol.UpscaleGan(_new_uuid(), uuids["image"], upscale_factor)
-        return self._single_image(request, deadline)
+        return self._run(tasks.upscale(image, factor, timeout=timeout))
 
     def remove_background(self, image: _inputs.ImageInput, *, timeout: Timeout = DEFAULT) -> Image:
         """Remove the background of an image (taskType 8).
@@ -517,9 +541,7 @@ class Client:
         Raises:
             InvalidArgumentError, TaskError, RequestTimeoutError, ...: as :meth:`upscale`.
         """
-        deadline = self._deadline(timeout)
-        uuids = self._resolve(_inputs.load_all({"image": image}), deadline)
-        return self._single_image(protocol.RemoveBackground(_new_uuid(), uuids["image"]), deadline)
+        return self._run(tasks.remove_background(image, timeout=timeout))
 
     def image2text(self, image: _inputs.ImageInput, *, timeout: Timeout = DEFAULT) -> str:
         """Describe an image in words (``newReverseImageClip``).
@@ -534,12 +556,7 @@ class Client:
         Raises:
             InvalidArgumentError, TaskError, RequestTimeoutError, ...: as :meth:`upscale`.
         """
-        deadline = self._deadline(timeout)
-        uuids = self._resolve(_inputs.load_all({"image": image}), deadline)
-        request = protocol.ReverseImageClip(_new_uuid(), uuids["image"])
-        (item,) = self._results(request, 1, deadline)
-        text: str = item.text
-        return text
+        return self._run(tasks.image2text(image, timeout=timeout))
 
     def enhance_prompt(
         self,
@@ -571,15 +588,15 @@ class Client:
         Raises:
             InvalidArgumentError, TaskError, RequestTimeoutError, ...: as :meth:`upscale`.
         """
-        deadline = self._deadline(timeout)
-        request = protocol.PromptEnhance(
-            task_uuid=_new_uuid(),
-            prompt=_validate.text("prompt", prompt),
-            prompt_max_length=_validate.integer("max_length", max_length, 1, 380),
-            prompt_versions=_validate.integer("versions", versions, 1, 5),
-            prompt_language_id=_validate.optional(_validate.language, "language_id", language_id),
+        return self._run(
+            tasks.enhance_prompt(
+                prompt,
+                versions=versions,
+                max_length=max_length,
+                language_id=language_id,
+                timeout=timeout,
+            )
         )
-        return [item.text for item in self._results(request, request.prompt_versions, deadline)]
 
     def preprocess_controlnet(
         self,
@@ -619,33 +636,52 @@ class Client:
         Raises:
             InvalidArgumentError, TaskError, RequestTimeoutError, ...: as :meth:`upscale`.
         """
-        deadline = self._deadline(timeout)
-        opt, v = _validate.optional, _validate
-        kind = v.choice("preprocessor", preprocessor, tables.PREPROCESSOR_TYPES)
-        size = {name: opt(v.integer, name, value, 1, 2048) for name, value in
-                (("width", width), ("height", height))}  # fmt: skip
-        low = opt(v.integer, "low_threshold_canny", low_threshold_canny, 0, 255)
-        high = opt(v.integer, "high_threshold_canny", high_threshold_canny, 0, 255)
-        if low is not None and high is not None and low > high:
-            raise InvalidArgumentError(
-                "low_threshold_canny", f"{low} is above high_threshold_canny {high}"
-            )
-        hands = opt(v.boolean, "include_hands_and_face", include_hands_and_face)
-        uuids = self._resolve(_inputs.load_all({"image": image, "mask": mask}), deadline)
-        request = protocol.PreprocessControlNet(
-            task_uuid=_new_uuid(),
-            pre_processor_type=kind,
-            guide_image_uuid=uuids["image"],
-            width=size["width"],
-            height=size["height"],
-            low_threshold_canny=low,
-            high_threshold_canny=high,
-            include_hands_and_face_open_pose=hands,
-            guide_image_mask_uuid=uuids.get("mask"),
-        )
-        return self._single_image(request, deadline)
+        return self._run(tasks.preprocess_controlnet(
+            image, preprocessor, width=width, height=height,
+            low_threshold_canny=low_threshold_canny, high_threshold_canny=high_threshold_canny,
+            include_hands_and_face=include_hands_and_face, mask=mask, timeout=timeout,
+        ))  # fmt: skip
 
-    # -- concurrency ---------------------------------------------------------------
+    # -- many tasks at once ------------------------------------------------------------
+
+    def _spec_of(self, method: Callable[..., Any]) -> Callable[..., TaskSpec[Any]] | None:
+        """The spec function of ``method`` if it is a task method of this client."""
+        name = getattr(method, "__name__", "")
+        if getattr(method, "__self__", None) is not self or name not in tasks.SPECS:
+            return None
+        if getattr(method, "__func__", None) is not getattr(Client, name, None):
+            return None  # a subclass overrode it: run the override as it is
+        return tasks.SPECS[name]
+
+    def _start_future(
+        self,
+        future: Future[Any],
+        spec: TaskSpec[Any],
+        *,
+        meters: tuple[UsageMeter, ...] = (),
+        on_done: Callable[[], object] | None = None,
+    ) -> None:
+        """Run ``spec`` for a running ``future``, without a thread; settle it when done."""
+
+        def settle(call: Call[Any] | None, error: BaseException | None = None) -> None:
+            if call is not None:
+                error = call.error()
+            if on_done is not None:
+                on_done()
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(spec.ready if call is None else call.outcome())
+
+        try:
+            end = self._deadline(spec.timeout)
+        except BaseException as exc:
+            settle(None, exc)
+            return
+        if spec.is_ready:
+            settle(None)
+            return
+        self._start(spec, end, meters).add_done_callback(settle)
 
     def submit(self, method: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Start a call in the background and return a :class:`~concurrent.futures.Future`.
@@ -663,10 +699,16 @@ class Client:
             for done in as_completed(jobs):  # in the order they finish
                 print(done.result().save("."))
 
-        The calls run on a pool of worker threads (``diffusionmaster-worker``, up to
-        32) created on first use and stopped by :meth:`close`; each call still
-        receives only its own results. Callbacks added with
-        ``Future.add_done_callback`` run on a worker thread.
+        A task method of this client (``text2img``, ``upscale``, ``upload_image``...)
+        occupies no thread while its task runs: its uploads and its task are chained
+        onto the reader, so thousands can be in flight (see also :meth:`batch`). Its
+        arguments are checked at once; a bad one fails the Future, and nothing is
+        sent. Any other callable (and a call with ``on_image``, which runs in the
+        calling thread) runs on a pool of worker threads (``diffusionmaster-worker``,
+        up to 32) created on first use and stopped by :meth:`close`. Callbacks added
+        with ``Future.add_done_callback`` run on a thread of the client
+        (``diffusionmaster-events``): keep them short, and use ``submit`` rather than
+        a blocking call there (which raises :class:`~diffusionmaster.ReentrancyError`).
 
         Args:
             method: the callable to run, usually a bound method of this client.
@@ -682,8 +724,103 @@ class Client:
         with self._lock:
             if self._closed:
                 raise ClientClosedError("the client is closed")
+        spec_of = self._spec_of(method)
+        if spec_of is not None and "on_image" not in kwargs:
+            future: Future[T] = Future()
+            future.set_running_or_notify_cancel()
+            try:
+                spec = spec_of(*args, **kwargs)
+            except Exception as exc:
+                future.set_exception(exc)
+                return future
+            self._start_future(future, spec)
+            return future
+        with self._lock:
+            if self._closed:
+                raise ClientClosedError("the client is closed")
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(
                     max_workers=32, thread_name_prefix="diffusionmaster-worker"
                 )
             return self._executor.submit(method, *args, **kwargs)
+
+    def batch(self, max_in_flight: int = 64) -> Batch:
+        """A :class:`~diffusionmaster.Batch` of tasks with at most ``max_in_flight`` in flight.
+
+        Example::
+
+            with client.batch(max_in_flight=200) as batch:
+                for prompt in prompts:
+                    batch.submit(client.text2img, prompt, seed=7)
+                for future in batch.as_completed():
+                    if future.exception() is None:
+                        future.result()[0].save("out/")
+            print(batch.usage.cost)
+
+        Tasks not yet sent are cancelled when the client closes.
+
+        Raises:
+            InvalidArgumentError: ``max_in_flight`` is not an integer >= 1.
+            ClientClosedError: the client is closed.
+        """
+        batch = Batch(self, max_in_flight)
+        with self._lock:
+            if self._closed:
+                raise ClientClosedError("the client is closed")
+            self._batches.add(batch)
+        return batch
+
+    def map(
+        self,
+        method: Callable[..., T],
+        *iterables: Iterable[Any],
+        max_in_flight: int = 64,
+        ordered: bool = True,
+        return_exceptions: bool = False,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Iterator[T]:
+        """Run ``method`` over the arguments of ``iterables``, like :meth:`Executor.map`.
+
+        Every call is queued at once (arguments checked now) and at most
+        ``max_in_flight`` are in flight; results are yielded in input order (or,
+        with ``ordered=False``, as they complete). Stopping the iteration early
+        (or closing the client) cancels the tasks not yet sent. Example::
+
+            for images in client.map(client.text2img, prompts, number_results=2):
+                images[0].save("out/")
+
+        Args:
+            method: a task method of this client.
+            *iterables: the positional arguments, one iterable per parameter.
+            max_in_flight: the most tasks on the wire at once.
+            ordered: yield in input order (True) or in completion order.
+            return_exceptions: yield a failed task's exception instead of raising it.
+            timeout: seconds for the whole iteration (None: no limit).
+            **options: keyword arguments passed to every call.
+
+        Raises:
+            InvalidArgumentError: ``method`` is not a task method of this client.
+            TimeoutError: ``timeout`` passed.
+        """
+        batch = self.batch(max_in_flight)
+        futures = [batch.submit(method, *args, **options) for args in zip(*iterables, strict=False)]
+        end = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if end is None else max(0.0, end - time.monotonic())
+
+        def results() -> Iterator[T]:
+            try:
+                source = futures if ordered else batch.as_completed(left())
+                for future in source:
+                    if return_exceptions:
+                        concurrent.futures.wait([future], left())
+                        error = future.exception(0) if future.done() else None
+                        yield error if error is not None else future.result(left())  # type: ignore[misc]
+                    else:
+                        yield future.result(left())
+            finally:
+                batch.cancel()
+
+        return results()

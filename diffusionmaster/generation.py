@@ -9,7 +9,7 @@ has the inputs' image UUIDs (uploading local ones).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypedDict
 
 import attrs
@@ -171,7 +171,7 @@ def _sequence(name: str, value: object) -> Sequence[Any]:
     return value
 
 
-def build_task(gen: Generation, uuids: dict[str, str], task_uuid: str) -> protocol.ImageTask:
+def build_task(gen: Generation, uuids: Mapping[str, str], task_uuid: str) -> protocol.ImageTask:
     """The ``newTask`` of a prepared generation, once its inputs have image UUIDs.
 
     The taskType follows from the inputs (§3): 1 text-to-image, 2 image-to-image,

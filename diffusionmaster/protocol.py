@@ -347,7 +347,16 @@ class Unknown:
     payload: Any = attrs.field(repr=False)
 
 
+@attrs.frozen
+class Invalid:
+    """A frame (or an item of one) that cannot be decoded, but names the tasks it was for."""
+
+    error: ProtocolError
+    task_uuids: tuple[str, ...]
+
+
 Event = Union[
+    Invalid,
     SessionEstablished,
     ServerError,
     Pong,

@@ -1,42 +1,52 @@
-"""The session: pending tasks, routing, reconnection, resume, heartbeat, state.
+"""The supervisor: threads, timers and sockets around the pure session core.
 
-The :class:`Supervisor` outlives connections. It keeps the map of pending tasks
-(``taskUUID`` -> :class:`Pending`) and the session UUID, so that when a socket
-drops, one thread (``diffusionmaster-supervisor``) reconnects and authenticates
-with the stored UUID, and the results the server buffered meanwhile reach the
-calls that still wait for them.
+The :class:`Supervisor` outlives connections. Every decision about tasks in
+flight (routing, completion, repeats, what a resume means) is the
+:class:`~diffusionmaster.session.SessionCore`'s; the supervisor feeds it events
+and acts on its answers. It owns one thread (``diffusionmaster-supervisor``)
+that reconnects with backoff when a socket drops, runs the heartbeat, and
+expires calls whose deadline passed.
 
 Threading invariants (each kept by the code next to it):
 
-- ``_cond`` guards ``_state``, ``_conn``, ``_session_uuid`` and writes to
-  ``_pending``. The reader thread reads ``_pending`` without the lock (one dict
-  lookup is atomic) and only puts into queues: it never blocks on the lock.
-- A pending entry is registered before its frame is sent, so a fast reply
-  cannot race past it; it is removed by the waiting call when it is done, by
-  the supervisor when it fails it, or by ``close()``.
-- Frames are sent only on the current connection while the state is
-  CONNECTED, never into a socket already known to be dead.
-- ``Pending.session`` is the session the frame was handed to. When a reconnect
-  lands in a new session, exactly the entries sent in the old one fail with
-  :class:`SessionExpiredError`; unsent ones are sent in the new session.
-- User code (state listeners) runs on ``diffusionmaster-events``, never on the
-  reader or supervisor thread; a blocking call from any of these threads raises
-  :class:`ReentrancyError`.
+- ``_cond`` guards ``_state``, ``_conn``, ``_core``, ``_timers`` and
+  ``_draining``. It is never held across I/O or a callback: the reader takes
+  it only to feed the core one event, and acts on the answer after releasing it.
+- A task is registered in the core before its frame is sent, so a fast reply
+  cannot race past it. It is handed to a connection (marked sent, under the
+  lock) before the frame is written; a write that fails marks it unsent again
+  unless a resume has re-sent it meanwhile (the core's attempt counter).
+- Frames are written only on the current connection while the state is
+  CONNECTED. Tasks registered while reconnecting wait unsent, and are sent by
+  the supervisor thread right after the next connection is published.
+- On a reconnect, the new state and session are published before any call is
+  failed, so a caller that catches :class:`SessionExpiredError` already sees
+  the new session.
+- Every call that fails, for any reason, fails through :meth:`_fail`.
+- User code never runs on the reader or supervisor thread: state listeners and
+  done-callbacks run on the dispatcher thread; a blocking call from any of the
+  client's threads raises :class:`ReentrancyError`.
+- In a forked child, :func:`os.register_at_fork` rebuilds the runtime (locks
+  included, at a moment when only one thread exists) and the first call opens a
+  new session: the parent's socket is closed in the child without a shutdown.
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 import logging
 import os
-import queue
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from . import protocol
+from .calls import Call, Dispatcher
 from .config import Deadline, Heartbeat, Reconnect
 from .connection import Connection, authenticate, internal_thread
 from .errors import (
@@ -46,12 +56,12 @@ from .errors import (
     ReentrancyError,
     RequestTimeoutError,
     SessionExpiredError,
-    TaskError,
 )
+from .session import Delivery, Entry, SessionCore
 
 logger = logging.getLogger("diffusionmaster.supervisor")
 
-__all__ = ["Pending", "State", "Supervisor"]
+__all__ = ["State", "StateListener", "Supervisor"]
 
 
 class State(str, enum.Enum):
@@ -66,59 +76,57 @@ class State(str, enum.Enum):
 
 StateListener = Callable[[State], None]
 
-
-class Pending:
-    """One task waiting for its results: a queue fed by the reader thread."""
-
-    __slots__ = ("answered", "frame", "queue", "resent", "session", "task_uuid")
-
-    def __init__(self, task_uuid: str, frame: str) -> None:
-        self.task_uuid = task_uuid
-        self.frame = frame
-        #: results (protocol items) and exceptions, in arrival order
-        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        #: the session the frame was handed to, None while unsent
-        self.session: str | None = None
-        #: True once anything arrived for it
-        self.answered = False
-        #: True once the supervisor re-sent it after a resume (resend_unanswered)
-        self.resent = False
+#: Supervisors alive in this process, rebuilt in a forked child.
+_LIVE: weakref.WeakSet[Supervisor] = weakref.WeakSet()
 
 
-class _Events:
-    """Runs state listeners on their own thread, in order; never blocks the caller."""
+def _after_fork_in_child() -> None:
+    for supervisor in list(_LIVE):
+        supervisor._after_fork()
 
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[StateListener, State] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
 
-    def emit(self, listeners: list[StateListener], state: State) -> None:
-        if not listeners:
-            return
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="diffusionmaster-events", daemon=True
-                )
-                self._thread.start()
-        for listener in listeners:
-            self._queue.put((listener, state))
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
-    def _run(self) -> None:
-        internal_thread.active = True
-        while (item := self._queue.get()) is not None:
-            listener, state = item
-            try:
-                listener(state)
-            except Exception:
-                logger.exception("state listener %r failed", listener)
 
-    def stop(self, timeout: float) -> None:
-        self._queue.put(None)
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+def check_not_internal() -> None:
+    """Raise :class:`ReentrancyError` on one of the client's own threads."""
+    if getattr(internal_thread, "active", False):
+        raise ReentrancyError(
+            "blocking call from a thread of the client (a listener or callback); "
+            "start it from another thread, or use client.submit()"
+        )
+
+
+def _detached(exc: BaseException) -> BaseException:
+    """A copy of ``exc`` with no traceback: keeping it keeps no socket alive."""
+    if isinstance(exc, AuthenticationError):
+        return AuthenticationError(str(exc), error_id=exc.error_id)
+    return ConnectionFailedError(str(exc) or type(exc).__name__)
+
+
+class _Backoff:
+    """Delays between reconnect attempts: 0, then growing with jitter until reset.
+
+    It is reset only by a connection that proved healthy (see
+    :meth:`Supervisor._mark_lost`), so a server that accepts and then drops every
+    connection at once meets a growing delay, not a storm of attempts.
+    """
+
+    def __init__(self, policy: Reconnect) -> None:
+        self._policy = policy
+        self._delay: float | None = None
+
+    def reset(self) -> None:
+        self._delay = None
+
+    def next(self) -> float:
+        policy = self._policy
+        if self._delay is None:
+            self._delay = policy.min_delay
+            return 0.0
+        delay = self._delay * (1.0 - policy.jitter * random.random())
+        self._delay = min(policy.max_delay, self._delay * policy.multiplier)
+        return delay
 
 
 class Supervisor:
@@ -142,24 +150,32 @@ class Supervisor:
         self._options = dict(transport_options or {})
         self._listeners: list[StateListener] = []
         self._init_runtime()
+        _LIVE.add(self)
 
     def _init_runtime(self) -> None:
         # Everything a forked child must rebuild: locks may have been held at fork.
         self._pid = os.getpid()
         self._cond = threading.Condition(threading.Lock())
+        self._start_lock = threading.Lock()
+        self._started = False
         self._wake = threading.Event()
         self._state = State.CONNECTING
         self._conn: Connection | None = None
-        self._session_uuid: str | None = None
-        self._pending: dict[str, Pending] = {}
+        self._core: SessionCore[Call[Any]] = SessionCore()
         self._last_error: BaseException | None = None
         self._lost_at = 0.0
+        self._healthy = False  # the current connection carried results
+        self._connected_at = 0.0
+        self._backoff = _Backoff(self._reconnect)
         self._ping_sent_at: float | None = None
+        #: (deadline, n, call): calls to expire when their deadline passes
+        self._timers: list[tuple[float, int, Call[Any]]] = []
+        self._counter = itertools.count()
         #: connections given up after a failed send, whose readers may still be reading
         #: what the server sent before the link died -> when to abort them at the latest
         self._draining: dict[Connection, float] = {}
         self._thread: threading.Thread | None = None
-        self._events = _Events()
+        self.dispatcher = Dispatcher()
 
     # -- public surface ---------------------------------------------------------
 
@@ -171,10 +187,19 @@ class Supervisor:
     @property
     def session_uuid(self) -> str | None:
         """The session UUID the server gave (None before the first connection)."""
-        return self._session_uuid
+        return self._core.session_uuid
+
+    @property
+    def in_flight(self) -> int:
+        """How many tasks are registered (sent or waiting to be sent)."""
+        return len(self._core)
+
+    def post(self, fn: Callable[[], object]) -> None:
+        """Run ``fn()`` on the dispatcher thread (never the reader's)."""
+        self.dispatcher.post(fn)
 
     def add_listener(self, listener: StateListener) -> None:
-        """Call ``listener(state)`` on the events thread at every state change."""
+        """Call ``listener(state)`` on the dispatcher thread at every state change."""
         with self._cond:
             self._listeners.append(listener)
 
@@ -189,106 +214,102 @@ class Supervisor:
         Raises:
             AuthenticationError, ConnectionFailedError: the first connection failed.
         """
-        try:
-            transport, session_uuid = authenticate(
-                self._url, self._api_key, None, timeout=self._connect_timeout,
-                options=self._options,
-            )  # fmt: skip
-        except BaseException as exc:
-            self._set_state(State.FAILED)
-            self._last_error = exc
-            raise
-        self._install(transport, session_uuid)
-        self._thread = threading.Thread(
-            target=self._run, name="diffusionmaster-supervisor", daemon=True
-        )
-        self._thread.start()
+        with self._start_lock:
+            if self._started:
+                return
+            try:
+                transport, session_uuid = authenticate(
+                    self._url, self._api_key, None, timeout=self._connect_timeout,
+                    options=self._options,
+                )  # fmt: skip
+            except BaseException as exc:
+                self._last_error = _detached(exc)
+                self._set_state(State.FAILED)
+                raise
+            self._started = True
+            self._thread = threading.Thread(
+                target=self._run, name="diffusionmaster-supervisor", daemon=True
+            )
+            self._install(transport, session_uuid)
+            self._thread.start()
 
-    def submit(self, pending: Pending, deadline: Deadline) -> None:
-        """Register ``pending`` and send its frame once connected.
+    def send(self, call: Call[Any], frame: str) -> None:
+        """Register ``call``'s task and send its frame now, or as soon as connected.
 
-        Waits (within ``deadline``) while the client reconnects.
+        Never waits for a connection: a task registered while reconnecting is sent
+        by the supervisor thread once connected, and expires at its deadline.
+        Safe from any thread but the reader.
 
         Raises:
-            ReentrancyError: called from one of the client's own threads.
             ClientClosedError, AuthenticationError, ConnectionFailedError: the client
-                is closed or failed for good.
-            RequestTimeoutError: the deadline passed before the frame could be sent.
+                is closed or has failed for good (nothing was registered).
         """
-        if getattr(internal_thread, "active", False):
-            raise ReentrancyError(
-                "blocking call from a thread of the client (a listener or callback); "
-                "start it from another thread"
-            )
-        if self._pid != os.getpid():
-            self._after_fork()
+        if not self._started:
+            self.start()  # a forked child's first call opens its own session
         with self._cond:
             self._check_usable()
-            self._pending[pending.task_uuid] = pending
-        try:
-            while True:
-                with self._cond:
-                    while self._state is not State.CONNECTED:
-                        self._check_usable()
-                        if pending.task_uuid not in self._pending:
-                            return  # failed meanwhile; the error waits in its queue
-                        remaining = deadline.remaining()
-                        if remaining is not None and remaining <= 0:
-                            raise RequestTimeoutError(
-                                f"not connected within the timeout (state {self._state.value})",
-                                task_uuid=pending.task_uuid,
-                            ) from self._last_error
-                        self._cond.wait(remaining)
-                    if pending.task_uuid not in self._pending:
-                        return
-                    conn = self._conn
-                    assert conn is not None
-                    pending.session = conn.session_uuid
-                try:
-                    conn.send(pending.frame)
-                    return
-                except ConnectionFailedError as exc:
-                    # The frame did not leave: it is safe to send it again once connected,
-                    # unless a resume raced us and the supervisor re-sent it already.
-                    with self._cond:
-                        if pending.resent:
-                            return
-                        pending.session = None
-                    self._send_failed(conn, exc)
-        except BaseException:
-            self.forget(pending)
-            raise
+            entry = self._core.add(call.task_uuid, frame, call.expected, call)
+            if call.deadline is not None:
+                heapq.heappush(self._timers, (call.deadline, next(self._counter), call))
+                if self._timers[0][2] is call:
+                    self._wake.set()  # the earliest deadline now: re-arm the timer
+            call.state = "connection"
+            conn, attempt = self._claim(entry)
+        if attempt is not None:
+            assert conn is not None
+            self._write(conn, [(entry, attempt)])
 
-    def forget(self, pending: Pending) -> None:
-        """Remove a pending entry (done, timed out, or abandoned); later frames are dropped."""
+    def abandon(self, call: Call[Any], error: BaseException) -> None:
+        """Forget ``call``'s task (timed out or abandoned) and fail it with ``error``."""
         with self._cond:
-            if self._pending.get(pending.task_uuid) is pending:
-                del self._pending[pending.task_uuid]
+            entry = self._core.remove(call.task_uuid)
+        if entry is not None and entry.owner is not call:  # pragma: no cover - a bug
+            raise AssertionError("task UUID reused by another call")
+        call.fail(error)
+
+    def expire(self, call: Call[Any]) -> None:
+        """Fail ``call`` with a RequestTimeoutError saying what it was waiting for."""
+        if call.done():
+            return
+        if call.state == "results":
+            message = (
+                f"task {call.task_uuid}: {call.received} of {call.expected} results "
+                f"arrived before the timeout"
+            )
+        elif call.state == "connection":
+            message = (
+                f"task {call.task_uuid} was not sent: not connected within the timeout "
+                f"(state {self._state.value})"
+            )
+        else:
+            late = [u.task_uuid for u in call.blocker if not u.done()] or [call.task_uuid]
+            message = (
+                f"task {call.task_uuid} was not sent: the upload of its input (task "
+                f"{late[0]}) did not finish within the timeout"
+            )
+            error = RequestTimeoutError(message, task_uuid=late[0])
+            self.abandon(call, error)
+            return
+        error = RequestTimeoutError(message, task_uuid=call.task_uuid)
+        if call.state == "connection" and self._last_error is not None:
+            error.__cause__ = self._last_error
+        self.abandon(call, error)
 
     def close(self, timeout: float = 2.0) -> None:
         """Close the connection, fail every waiting call, and stop the threads. Idempotent."""
         with self._cond:
             if self._state is State.CLOSED:
                 return
-            forked = self._pid != os.getpid()
             conn, self._conn = self._conn, None
-            failed = self._take_pending(lambda p: True)
-            self._state = State.CLOSED
-            listeners = list(self._listeners)
-            self._cond.notify_all()
-        self._wake.set()
-        for pending in failed:
-            pending.queue.put(
-                ClientClosedError(f"client closed while task {pending.task_uuid} waited")
-            )
-        with self._cond:
+            failed = self._core.fail_all()
+            self._timers.clear()
             draining = list(self._draining)
             self._draining.clear()
-        if forked:
-            for old in [conn, *draining]:
-                if old is not None:
-                    old.transport.detach()
-            return
+            listeners = self._enter(State.CLOSED)
+        self._wake.set()
+        self._fail(
+            failed, lambda e: ClientClosedError(f"client closed while task {e.task_uuid} waited")
+        )
         for old in draining:
             old.abort()
         if conn is not None:
@@ -298,10 +319,11 @@ class Supervisor:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
-        self._events.emit(listeners, State.CLOSED)
-        self._events.stop(timeout)
+        self._emit(listeners, State.CLOSED)
+        self.dispatcher.stop(timeout)
+        _LIVE.discard(self)
 
-    # -- internals ---------------------------------------------------------------
+    # -- internals: state --------------------------------------------------------------
 
     def _check_usable(self) -> None:
         # Called with _cond held.
@@ -313,17 +335,10 @@ class Supervisor:
                 raise AuthenticationError(str(error), error_id=error.error_id) from error
             raise ConnectionFailedError(f"the client has failed: {error}") from error
 
-    def _take_pending(self, predicate: Callable[[Pending], bool]) -> list[Pending]:
-        # Called with _cond held: remove and return the entries matching predicate.
-        taken = [p for p in self._pending.values() if predicate(p)]
-        for p in taken:
-            del self._pending[p.task_uuid]
-        return taken
-
     def _set_state(self, state: State) -> None:
         with self._cond:
             listeners = self._enter(state)
-        self._events.emit(listeners, state)
+        self._emit(listeners, state)
 
     def _enter(self, state: State) -> list[StateListener]:
         # Called with _cond held: change state, wake waiters, return the listeners to call
@@ -332,53 +347,129 @@ class Supervisor:
         self._cond.notify_all()
         return list(self._listeners)
 
-    def _install(self, transport: Any, session_uuid: str) -> Connection | None:
+    def _emit(self, listeners: list[StateListener], state: State) -> None:
+        for listener in listeners:
+            self.dispatcher.post(lambda listener=listener: listener(state))  # type: ignore[misc]
+
+    def _fail(
+        self, entries: list[Entry[Call[Any]]], error: Callable[[Entry[Call[Any]]], BaseException]
+    ) -> None:
+        """Fail the calls of ``entries`` (already forgotten by the core), each with its error.
+
+        The one place where waiting calls fail, whatever the reason.
+        """
+        for entry in entries:
+            entry.owner.fail(error(entry))
+
+    # -- internals: sending ----------------------------------------------------------------
+
+    def _claim(self, entry: Entry[Call[Any]]) -> tuple[Connection | None, int | None]:
+        # Called with _cond held: hand the task to the current connection if there is one.
+        if self._state is not State.CONNECTED or self._conn is None:
+            return None, None
+        attempt = self._core.hand_over(entry)
+        if attempt is not None:
+            entry.owner.state = "results"
+        return self._conn, attempt
+
+    def _write(self, conn: Connection, batch: list[tuple[Entry[Call[Any]], int]]) -> None:
+        """Write the frames of tasks handed to ``conn``; on failure, mark the rest unsent."""
+        for index, (entry, _) in enumerate(batch):
+            call = entry.owner
+            call.sent_at = time.monotonic()
+            try:
+                conn.send(entry.frame)
+            except ConnectionFailedError as exc:
+                with self._cond:
+                    for unsent, attempt in batch[index:]:
+                        if self._core.send_failed(unsent, attempt):
+                            unsent.owner.state = "connection"
+                self._send_failed(conn, exc)
+                return
+            logger.debug("sent %s task %s", call.kind, call.task_uuid)
+
+    # -- internals: receiving --------------------------------------------------------------
+
+    def _route(self, event: protocol.Event) -> None:
+        # Runs on the reader thread: one short locked step, then queue puts only.
+        if isinstance(event, protocol.ServerError) and event.task_uuid is None:
+            logger.warning("server error (errorId %s): %s", event.error_id, event.error_message)
+            return
+        if isinstance(event, protocol.Unknown):
+            logger.debug("ignoring unknown frame %r", event.key)
+            return
+        if isinstance(event, (protocol.Pong, protocol.SessionEstablished)):
+            return
+        with self._cond:
+            unrouted = self._core.unrouted
+            deliveries = self._core.receive(event)
+            if deliveries:
+                self._healthy = True
+            dropped = self._core.unrouted - unrouted
+        if dropped:
+            logger.debug("dropped %d result(s) that no call waits for", dropped)
+        for delivery in deliveries:
+            self._deliver(delivery)
+
+    @staticmethod
+    def _deliver(delivery: Delivery[Call[Any]]) -> None:
+        call = delivery.entry.owner
+        if delivery.error is not None:
+            call.fail(delivery.error)
+            return
+        call.push(delivery.items, delivery.complete)
+        if delivery.complete and call.sent_at is not None:
+            logger.debug(
+                "completed %s task %s: %d item(s) in %.3f s",
+                call.kind, call.task_uuid, call.expected, time.monotonic() - call.sent_at,
+            )  # fmt: skip
+
+    # -- internals: connections ---------------------------------------------------------
+
+    def _install(self, transport: Any, session_uuid: str) -> None:
+        """Make an authenticated transport the current connection, then act on the resume."""
         conn = Connection(
             transport, session_uuid, on_event=self._route, on_lost=self._connection_lost
         )
         with self._cond:
             if self._state is State.CLOSED:
                 transport.close()
-                return None
-            # Connection and state change together, so that a drop reported by the new
-            # reader is never taken for a drop of an older connection.
+                return
+            old_uuid = self._core.session_uuid
+            resume = self._core.connected(
+                session_uuid, resend_unanswered=self._reconnect.resend_unanswered
+            )
+            # Connection, session and state change together (a drop reported by the new
+            # reader is never taken for a drop of an older one), and before any call
+            # learns what the resume cost it.
             self._conn = conn
-            self._session_uuid = session_uuid
+            self._healthy = False
             self._ping_sent_at = None
+            self._connected_at = time.monotonic()
+            for entry in resume.to_send:
+                entry.owner.state = "results"
             listeners = self._enter(State.CONNECTED)
         conn.start()
-        self._events.emit(listeners, State.CONNECTED)
-        return conn
-
-    def _route(self, event: protocol.Event) -> None:
-        # Runs on the reader thread: lookups and queue puts only.
-        pending = self._pending
-        if isinstance(event, protocol.ImagesResult):
-            for image in event.images:
-                self._deliver(pending.get(image.task_uuid), image, image.task_uuid)
-        elif isinstance(event, protocol.TextsResult):
-            for text in event.texts:
-                self._deliver(pending.get(text.task_uuid), text, text.task_uuid)
-        elif isinstance(event, (protocol.UploadResult, protocol.PreprocessResult)):
-            self._deliver(pending.get(event.task_uuid), event, event.task_uuid)
-        elif isinstance(event, protocol.ServerError):
-            if event.task_uuid is None:
-                logger.warning("server error (errorId %s): %s", event.error_id, event.error_message)
+        self._emit(listeners, State.CONNECTED)
+        if old_uuid is not None:
+            if resume.resumed:
+                logger.info("session %s resumed", session_uuid)
             else:
-                error = TaskError(
-                    event.error_message, task_uuid=event.task_uuid, error_id=event.error_id
-                )
-                self._deliver(pending.get(event.task_uuid), error, event.task_uuid)
-        elif isinstance(event, protocol.Unknown):
-            logger.debug("ignoring unknown frame %r", event.key)
-
-    @staticmethod
-    def _deliver(pending: Pending | None, item: Any, task_uuid: str) -> None:
-        if pending is None:
-            logger.debug("dropping a result for task %s, which nobody waits for", task_uuid)
-            return
-        pending.answered = True
-        pending.queue.put(item)
+                uuids = [e.task_uuid for e in resume.expired]
+                logger.warning(
+                    "session %s expired (new session %s); %d waiting tasks lost%s",
+                    old_uuid, session_uuid, len(uuids), f": {', '.join(uuids)}" if uuids else "",
+                )  # fmt: skip
+                self._fail(resume.expired, lambda e: SessionExpiredError(
+                    f"the server no longer knows session {old_uuid}: the results of task "
+                    f"{e.task_uuid} are lost (it may have been billed; it was not re-sent)",
+                    task_uuids=uuids,
+                ))  # fmt: skip
+        else:
+            logger.info("connected to %s, session %s", self._url, session_uuid)
+        if resume.to_send:
+            logger.debug("sending %d task(s) that waited for the connection", len(resume.to_send))
+            self._write(conn, [(entry, entry.attempt) for entry in resume.to_send])
 
     def _connection_lost(self, conn: Connection, reason: BaseException | None) -> None:
         # The reader's last act: its socket has ended.
@@ -399,6 +490,97 @@ class Supervisor:
         self._wake.set()
         self._mark_lost(conn, reason)
 
+    def _mark_lost(self, conn: Connection, reason: BaseException | None) -> None:
+        # The current connection is gone: reconnect (or fail, if reconnecting is off).
+        with self._cond:
+            if self._conn is not conn or self._state is not State.CONNECTED:
+                return
+            self._conn = None
+            self._last_error = _detached(reason) if reason is not None else None
+            self._lost_at = now = time.monotonic()
+            # Backoff starts over only after a connection that proved healthy: it
+            # carried results, or stayed up for a while.
+            if self._healthy or now - self._connected_at >= max(1.0, self._reconnect.max_delay):
+                self._backoff.reset()
+            if self._reconnect.enabled:
+                new_state = State.RECONNECTING
+                failed: list[Entry[Call[Any]]] = []
+            else:
+                new_state = State.FAILED
+                failed = self._core.fail_all()
+            listeners = self._enter(new_state)
+        logger.info("lost the connection: %s", reason)
+        self._fail(failed, lambda e: _caused(ConnectionFailedError(
+            f"connection lost while task {e.task_uuid} waited"), reason))  # fmt: skip
+        self._emit(listeners, new_state)
+        self._wake.set()
+
+    def _after_fork(self) -> None:
+        # In a forked child (one thread, at fork time): the parent's socket and threads
+        # are not ours. Close our copies of its file descriptors without shutting the
+        # shared sockets down, and start afresh: the first call opens a new session.
+        closed = self._state is State.CLOSED
+        for conn in [self._conn, *self._draining]:
+            if conn is not None:
+                conn.transport.detach()
+        self._init_runtime()
+        if closed:
+            self._state = State.CLOSED
+
+    # -- internals: the supervisor thread ---------------------------------------------------
+
+    def _run(self) -> None:
+        internal_thread.active = True
+        try:
+            while True:
+                with self._cond:
+                    state, conn = self._state, self._conn
+                if state in (State.CLOSED, State.FAILED):
+                    return
+                waits = [self._reap_draining(), self._expire_due()]
+                if state is State.RECONNECTING:
+                    self._recover()
+                    continue
+                if conn is not None:
+                    waits.append(self._beat(conn))
+                timeouts = [w for w in waits if w is not None]
+                self._wake.wait(min(timeouts) if timeouts else None)
+                self._wake.clear()
+        except BaseException as exc:  # a bug: never leave calls waiting on a dead thread
+            logger.exception("supervisor thread failed")
+            self._fail_for_good(exc)
+
+    def _fail_for_good(self, error: BaseException) -> None:
+        with self._cond:
+            if self._state is State.CLOSED:
+                return
+            self._last_error = _detached(error)
+            failed = self._core.fail_all()
+            conn, self._conn = self._conn, None
+            listeners = self._enter(State.FAILED)
+        if isinstance(error, AuthenticationError):
+            self._fail(failed, lambda e: _caused(AuthenticationError(
+                str(error), error_id=error.error_id), error))  # fmt: skip
+        else:
+            self._fail(failed, lambda e: _caused(ConnectionFailedError(
+                f"the client has failed: {error}"), error))  # fmt: skip
+        if conn is not None:
+            conn.abort()
+        self._emit(listeners, State.FAILED)
+
+    def _expire_due(self) -> float | None:
+        """Expire calls past their deadline; return seconds until the next deadline."""
+        now = time.monotonic()
+        due = []
+        with self._cond:
+            timers = self._timers
+            while timers and (timers[0][0] <= now or timers[0][2].done()):
+                due.append(heapq.heappop(timers)[2])
+            later = timers[0][0] - now if timers else None
+        for call in due:
+            self.expire(call)
+        return later
+
     def _reap_draining(self) -> float | None:
         """Abort draining connections past their time; return seconds until the next one."""
         now = time.monotonic()
@@ -411,54 +593,6 @@ class Supervisor:
             logger.debug("aborting a connection that did not end after a failed send")
             conn.abort()
         return min(later) if later else None
-
-    def _mark_lost(self, conn: Connection, reason: BaseException | None) -> None:
-        # The current connection is gone: reconnect (or fail, if reconnecting is off).
-        with self._cond:
-            if self._conn is not conn or self._state is not State.CONNECTED:
-                return
-            self._conn = None
-            self._last_error = reason
-            self._lost_at = time.monotonic()
-            if self._reconnect.enabled:
-                new_state = State.RECONNECTING
-                failed: list[Pending] = []
-            else:
-                new_state = State.FAILED
-                failed = self._take_pending(lambda p: True)
-            listeners = self._enter(new_state)
-        logger.info("lost the connection: %s", reason)
-        for pending in failed:
-            error = ConnectionFailedError(f"connection lost while task {pending.task_uuid} waited")
-            error.__cause__ = reason
-            pending.queue.put(error)
-        self._events.emit(listeners, new_state)
-        self._wake.set()
-
-    def _after_fork(self) -> None:
-        # In a child process: the parent's socket and threads are not ours. Forget
-        # them (without shutting the shared socket down) and start a new session.
-        conn = self._conn
-        if conn is not None:
-            conn.transport.detach()
-        self._init_runtime()
-        self.start()
-
-    def _run(self) -> None:
-        internal_thread.active = True
-        while True:
-            with self._cond:
-                state, conn = self._state, self._conn
-            if state in (State.CLOSED, State.FAILED):
-                return
-            reap = self._reap_draining()
-            if state is State.RECONNECTING:
-                self._recover()
-                continue
-            beat = self._beat(conn) if conn is not None else None
-            waits = [w for w in (beat, reap) if w is not None]
-            self._wake.wait(min(waits) if waits else None)
-            self._wake.clear()
 
     def _beat(self, conn: Connection) -> float | None:
         """One heartbeat step; return the seconds until the next one is due."""
@@ -488,25 +622,26 @@ class Supervisor:
         # Look again when the answer is due, or sooner when the next ping is.
         return min(interval, self._heartbeat.timeout)
 
-    def _delays(self) -> Any:
-        """Seconds to wait before each reconnect attempt: 0, then backoff with jitter."""
-        policy = self._reconnect
-        yield 0.0
-        delay = policy.min_delay
-        while True:
-            yield delay * (1.0 - policy.jitter * random.random())
-            delay = min(policy.max_delay, delay * policy.multiplier)
-
     def _recover(self) -> None:
+        """Reconnect (resuming the session) until connected, closed or refused."""
         self._wake.clear()  # the drop that brought us here set it
-        old_uuid = self._session_uuid
         window = Deadline(
             max(0.0, self._lost_at + self._reconnect.resume_window - time.monotonic())
         )
         given_up = False
-        for attempt, delay in enumerate(self._delays(), start=1):
-            if delay > 0 and self._wake.wait(delay):
-                self._wake.clear()
+        for attempt in itertools.count(1):
+            delay = self._backoff.next()
+            if delay > 0:
+                # Wait, but keep expiring calls meanwhile (their deadlines do not wait).
+                end = time.monotonic() + delay
+                while (left := end - time.monotonic()) > 0:
+                    next_timer = self._expire_due()
+                    if self._wake.wait(left if next_timer is None else min(left, next_timer)):
+                        self._wake.clear()
+                    if self._state is State.CLOSED:
+                        return
+            else:
+                self._expire_due()
             if self._state is State.CLOSED:
                 return
             logger.info(
@@ -515,84 +650,38 @@ class Supervisor:
             )  # fmt: skip
             try:
                 transport, session_uuid = authenticate(
-                    self._url, self._api_key, old_uuid, timeout=self._connect_timeout,
-                    options=self._options,
+                    self._url, self._api_key, self._core.session_uuid,
+                    timeout=self._connect_timeout, options=self._options,
                 )  # fmt: skip
             except AuthenticationError as exc:
-                self._fail(exc)
+                logger.warning("reconnect refused: %s; not retrying", exc)
+                self._fail_for_good(exc)
                 return
-            except ConnectionFailedError as exc:
-                self._last_error = exc
+            except Exception as exc:
+                # Any other failure (the network, or a reply we cannot read) is one
+                # failed attempt: logged, backed off, retried.
+                self._last_error = _detached(exc)
                 if window.expired() and not given_up:
                     given_up = True
                     self._give_up(exc)
                 continue
-            self._resumed(transport, session_uuid, old_uuid)
+            self._install(transport, session_uuid)
             return
 
     def _give_up(self, reason: BaseException) -> None:
         # The resume window has passed: the results of sent tasks are gone.
         with self._cond:
-            failed = self._take_pending(lambda p: p.session is not None)
+            lost = self._core.window_passed()
         window = self._reconnect.resume_window
         logger.warning(
             "could not reconnect within the %g s resume window; %d waiting tasks failed",
-            window, len(failed),
+            window, len(lost),
         )  # fmt: skip
-        for pending in failed:
-            error = ConnectionFailedError(
-                f"could not reconnect within {window:g} s; the results of task "
-                f"{pending.task_uuid} are lost (the task may have been billed)"
-            )
-            error.__cause__ = reason
-            pending.queue.put(error)
+        self._fail(lost, lambda e: _caused(ConnectionFailedError(
+            f"could not reconnect within {window:g} s; the results of task "
+            f"{e.task_uuid} are lost (the task may have been billed)"), reason))  # fmt: skip
 
-    def _fail(self, error: BaseException) -> None:
-        with self._cond:
-            self._last_error = error
-            failed = self._take_pending(lambda p: True)
-        logger.warning("reconnect refused: %s; not retrying", error)
-        for pending in failed:
-            exc = AuthenticationError(str(error), error_id=getattr(error, "error_id", None))
-            exc.__cause__ = error
-            pending.queue.put(exc)
-        self._set_state(State.FAILED)
 
-    def _resumed(self, transport: Any, session_uuid: str, old_uuid: str | None) -> None:
-        resend: list[Pending] = []
-        with self._cond:
-            if session_uuid != old_uuid:
-                expired = self._take_pending(lambda p: p.session is not None)
-            else:
-                expired = []
-                if self._reconnect.resend_unanswered:
-                    resend = [p for p in self._pending.values() if not p.answered and p.session]
-                    for pending in resend:
-                        pending.resent = True
-        if expired:
-            uuids = [p.task_uuid for p in expired]
-            logger.warning(
-                "session %s expired (new session %s); %d waiting tasks lost: %s",
-                old_uuid, session_uuid, len(uuids), ", ".join(uuids),
-            )  # fmt: skip
-            for pending in expired:
-                pending.queue.put(
-                    SessionExpiredError(
-                        f"the server no longer knows session {old_uuid}: the results of "
-                        f"task {pending.task_uuid} are lost (it may have been billed; "
-                        f"it was not re-sent)",
-                        task_uuids=uuids,
-                    )
-                )
-        else:
-            logger.info("session %s resumed", session_uuid)
-        # Re-sent before CONNECTED, so they precede new tasks; same taskUUID, so the
-        # server runs each at most once (house rule 6).
-        for pending in resend:
-            logger.info("re-sending unanswered task %s after resume", pending.task_uuid)
-            try:
-                transport.send(pending.frame)
-            except ConnectionFailedError as exc:
-                logger.info("re-send failed: %s", exc)
-                break
-        self._install(transport, session_uuid)
+def _caused(error: BaseException, cause: BaseException | None) -> BaseException:
+    error.__cause__ = cause
+    return error

@@ -370,7 +370,7 @@ def test_abandoned_stream_forgets_its_task(client: diffusionmaster.Client) -> No
     stream = client.stream_images("many", number_results=8)
     next(stream)
     stream.close()
-    assert client._supervisor._pending == {}
+    assert client._supervisor.in_flight == 0
 
 
 def test_callback_error_ends_the_call(client: diffusionmaster.Client) -> None:
@@ -381,7 +381,7 @@ def test_callback_error_ends_the_call(client: diffusionmaster.Client) -> None:
 
     with pytest.raises(KeyError):
         client.text2img("x", number_results=2, on_image=on_image)
-    assert client._supervisor._pending == {}
+    assert client._supervisor.in_flight == 0
 
 
 # -- several tasks at once -----------------------------------------------------------------

@@ -1,0 +1,238 @@
+"""Call handles: one task in flight, completed by the reader, waited on by anyone.
+
+A :class:`Call` costs a few hundred bytes and no thread. The reader thread (through
+the supervisor) pushes the task's new items into it and completes or fails it;
+a blocking method waits on it with :meth:`Call.wait`; a
+:class:`~concurrent.futures.Future` is completed from it by a done-callback.
+
+Threading invariants:
+
+- ``_cond`` guards every field that changes. The reader only appends, sets and
+  notifies under it: it never blocks there, and never runs a callback.
+- Done-callbacks (internal chaining, Futures, and through them user callbacks)
+  run on the dispatcher thread (``diffusionmaster-events``), in completion order:
+  never on the reader, which must only block on its socket.
+- A call completes or fails exactly once; later pushes and failures are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+from . import usage
+from .connection import internal_thread
+from .usage import UsageMeter
+
+logger = logging.getLogger("diffusionmaster.calls")
+
+__all__ = ["Call", "Dispatcher"]
+
+R = TypeVar("R")
+
+
+class Dispatcher:
+    """Runs callbacks on one thread of the client, in order; never blocks the caller.
+
+    The thread (``diffusionmaster-events``) starts on first use. A callback that
+    raises is logged and the next one runs.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def post(self, fn: Callable[[], object]) -> None:
+        """Run ``fn()`` on the dispatcher thread, after everything posted before it."""
+        with self._lock:
+            if self._stopped:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="diffusionmaster-events", daemon=True
+                )
+                self._thread.start()
+        self._queue.put(fn)
+
+    def _run(self) -> None:
+        internal_thread.active = True
+        while (fn := self._queue.get()) is not None:
+            try:
+                fn()
+            except Exception:
+                logger.exception("callback %r failed", fn)
+            del fn  # hold nothing while waiting for the next one
+
+    def stop(self, timeout: float) -> None:
+        """Run what was posted, then end the thread (waiting up to ``timeout``)."""
+        with self._lock:
+            self._stopped = True
+            thread = self._thread
+        self._queue.put(None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+
+class Call(Generic[R]):
+    """One task of the client: its items as they arrive, then its result or error.
+
+    Thread-safe. ``item`` turns each raw protocol item into what the caller sees
+    (an :class:`~diffusionmaster.Image`, a text...); ``adapt`` turns the list of
+    those into the call's result.
+    """
+
+    __slots__ = (
+        "_adapt", "_callbacks", "_cond", "_dispatch", "_done", "_error", "_item", "_items",
+        "_result", "blocker", "deadline", "expected", "kind", "meters", "raw", "sent_at", "state",
+        "task_uuid",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        task_uuid: str,
+        kind: str,
+        expected: int,
+        *,
+        item: Callable[[Any], Any],
+        adapt: Callable[[list[Any]], R],
+        dispatch: Callable[[Callable[[], object]], None],
+        deadline: float | None,
+        meters: tuple[UsageMeter, ...] = (),
+    ) -> None:
+        self.task_uuid = task_uuid
+        self.kind = kind
+        self.expected = expected
+        #: monotonic end of the call's deadline (None: no limit)
+        self.deadline = deadline
+        #: what the call waits for: "uploads", "connection" (unsent), "results"
+        self.state = "uploads"
+        self.sent_at: float | None = None
+        #: while uploading: the calls of the uploads it waits for
+        self.blocker: list[Call[Any]] = []
+        #: the raw protocol items, in arrival order (for accounting)
+        self.raw: list[Any] = []
+        self._item = item
+        self._adapt = adapt
+        self._dispatch = dispatch
+        self._cond = threading.Condition(threading.Lock())
+        self._items: list[Any] = []
+        self._done = False
+        self._error: BaseException | None = None
+        self._result: Any = None
+        self._callbacks: list[Callable[[Call[R]], object]] = []
+        #: what the call's usage is added to when it ends
+        self.meters = meters
+
+    def __repr__(self) -> str:
+        return f"<Call {self.kind} {self.task_uuid} {len(self._items)}/{self.expected}>"
+
+    # -- fed by the client's threads -----------------------------------------------------
+
+    def push(self, items: tuple[Any, ...], complete: bool) -> None:
+        """New distinct items arrived (on the reader thread); ``complete``: all are here."""
+        converted = [self._item(raw) for raw in items]
+        with self._cond:
+            if self._done:
+                return
+            self.raw.extend(items)
+            self._items.extend(converted)
+            if complete:
+                try:
+                    self._result = self._adapt(list(self._items))
+                except Exception as exc:  # pragma: no cover - an adapter bug
+                    self._error = exc
+                self._done = True
+            self._cond.notify_all()
+        if complete:
+            self._finished()
+
+    def fail(self, error: BaseException) -> bool:
+        """Fail the call with ``error`` unless it is done; return True if it was failed."""
+        with self._cond:
+            if self._done:
+                return False
+            self._error = error
+            self._done = True
+            self._cond.notify_all()
+        self._finished()
+        return True
+
+    def add_done_callback(self, fn: Callable[[Call[R]], object]) -> None:
+        """Call ``fn(call)`` on the dispatcher thread once the call is done."""
+        with self._cond:
+            if not self._done:
+                self._callbacks.append(fn)
+                return
+        self._dispatch(lambda: fn(self))
+
+    def _finished(self) -> None:
+        # Once, outside the lock: account for the call, then schedule its callbacks.
+        if self.meters:
+            used = usage.FAILED if self._error is not None else usage.of_items(self.raw)
+            for meter in self.meters:
+                meter.add(used)
+        with self._cond:
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            self._dispatch(lambda fn=fn: fn(self))  # type: ignore[misc]
+
+    # -- read by whoever waits ------------------------------------------------------------
+
+    def done(self) -> bool:
+        """True once the call has its result or its error."""
+        return self._done
+
+    def remaining(self) -> float | None:
+        """Seconds until the call's deadline (never negative), or None."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait until done or ``timeout`` seconds; return :meth:`done`."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._done, timeout)
+
+    def outcome(self) -> R:
+        """The result of a done call, or raise its error."""
+        assert self._done, "outcome() of a call that is not done"
+        if self._error is not None:
+            raise self._error
+        result: R = self._result
+        return result
+
+    def error(self) -> BaseException | None:
+        """The error of a done call (None if it succeeded or is not done)."""
+        return self._error
+
+    @property
+    def received(self) -> int:
+        """How many distinct items arrived so far."""
+        return len(self._items)
+
+    def stream(self, timeout: Callable[[], float | None]) -> Iterator[Any]:
+        """Yield each item as it arrives, until done; then raise the call's error, if any.
+
+        ``timeout()`` gives the seconds left each time it must wait; when a wait
+        runs out, the iteration stops (the caller decides what a timeout means).
+        """
+        index = 0
+        while True:
+            with self._cond:
+                while index >= len(self._items) and not self._done:
+                    if not self._cond.wait(timeout()):
+                        return
+                fresh = self._items[index:]
+                done, error = self._done, self._error
+            index += len(fresh)
+            yield from fresh
+            if done and index >= len(self._items):
+                if error is not None:
+                    raise error
+                return
