@@ -12,6 +12,7 @@ Quickstart::
 
 from __future__ import annotations
 
+from .batch import Batch
 from .client import ENDPOINTS, Client
 from .config import DEFAULT, Heartbeat, Reconnect
 from .errors import (
@@ -30,6 +31,7 @@ from .generation import GenerationOptions
 from .models import ControlNet, Image, Lora, UploadedImage
 from .supervisor import State
 from .tables import ControlMode, Model, Scheduler, Size, Style, TaskType
+from .usage import Usage
 
 __version__ = "0.1.0"
 
@@ -37,6 +39,7 @@ __all__ = [
     "DEFAULT",
     "ENDPOINTS",
     "AuthenticationError",
+    "Batch",
     "Client",
     "ClientClosedError",
     "ConnectionFailedError",
@@ -61,5 +64,6 @@ __all__ = [
     "TaskError",
     "TaskType",
     "UploadedImage",
+    "Usage",
     "__version__",
 ]

@@ -413,3 +413,25 @@ def test_client_reconnects_in_a_forked_child(emu: Emulator) -> None:
         assert len(client.text2img("from the parent")) == 1
     assert task_uuid in {t["taskUUID"] for t in _tasks(emu)}
     assert child.exitcode == 0
+
+
+def test_new_session_is_published_before_calls_fail(emu: Emulator) -> None:
+    """A caller that catches SessionExpiredError already sees the new session, connected."""
+    with make_client(emu) as client:
+        old = client.session_uuid
+        emu.withhold_frames()
+        seen: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                client.text2img("late")
+            except SessionExpiredError:
+                seen["state"], seen["session"] = client.state, client.session_uuid
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        assert emu.wait_for(lambda: len(_tasks(emu)) == 1, seconds(5))
+        emu.expire_sessions()
+        thread.join(seconds(10))
+    assert seen["state"] is diffusionmaster.State.CONNECTED
+    assert seen["session"] not in (None, old)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 _API_KEY = re.compile(r'("apiKey"\s*:\s*")[^"]*')
 
@@ -20,7 +20,13 @@ def redact(text: str) -> str:
     return _API_KEY.sub(r"\1***", text)
 
 
-class RedactingAdapter(logging.LoggerAdapter[logging.Logger]):
+if TYPE_CHECKING:
+    _Adapter = logging.LoggerAdapter[logging.Logger]
+else:  # LoggerAdapter takes a type argument at run time only from Python 3.11
+    _Adapter = logging.LoggerAdapter
+
+
+class RedactingAdapter(_Adapter):
     """Formats each message, then masks its ``"apiKey"`` values."""
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
