@@ -14,6 +14,8 @@ upload     a 10 MB image through upload_image, against a raw send of the same fr
 resume     from a dropped connection to a buffered result, against a bare connect
 legacy     sequential text2img against the official legacy SDK runware==0.1.5
 idle       CPU time of a connected, idle client with the heartbeat on
+fanout     200 and 1,000 text2img tasks (1 s each) from one thread through client.map,
+           against a raw loop that pipelines the same tasks; threads and memory per task
 ========== ==========================================================================
 
 Speed goals live here, not in the test suite: tests/test_bench_smoke.py only runs
@@ -22,4 +24,4 @@ Speed goals live here, not in the test suite: tests/test_bench_smoke.py only run
 
 from __future__ import annotations
 
-CASES = ("latency", "throughput", "large", "upload", "resume", "legacy", "idle")
+CASES = ("latency", "throughput", "large", "upload", "resume", "legacy", "idle", "fanout")

@@ -27,6 +27,7 @@ _MODULES = {
     "resume": "bench.resume",
     "legacy": "bench.legacy",
     "idle": "bench.idle",
+    "fanout": "bench.fanout",
 }
 
 

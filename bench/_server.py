@@ -48,6 +48,8 @@ def _handle(emu: Emulator, words: list[str]) -> str:
             return f"error {_buffered(emu)} frames buffered after {timeout} s"
     elif command == "clear":
         emu.clear_received()
+    elif command == "latency":
+        emu.latency = float(words[1])
     elif command == "image_bytes":
         emu.image_bytes = int(words[1])
     elif command == "cpu":
