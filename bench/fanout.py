@@ -19,8 +19,15 @@ import tracemalloc
 import uuid
 from typing import Any
 
-from bench._common import CaseResult, EmulatorProcess, RawConnection, interleave, make_client
-from bench._common import ratio_row, summary
+from bench._common import (
+    CaseResult,
+    EmulatorProcess,
+    RawConnection,
+    interleave,
+    make_client,
+    ratio_row,
+    summary,
+)
 
 NAME = "fanout"
 TITLE = "Fan-out from one thread (text2img, 1 s per image on the server)"
