@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import math
 import re
+import threading
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
 
@@ -57,7 +58,34 @@ def text(name: str, value: object, *, max_length: int | None = None) -> str:
         raise InvalidArgumentError(name, f"must be a non-empty string, got {value!r}")
     if max_length is not None and len(value) > max_length:
         raise InvalidArgumentError(name, f"must be at most {max_length} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgumentError(
+            name, f"is not valid Unicode text (a lone surrogate at index {exc.start})"
+        ) from None
     return value
+
+
+def duration(name: str, value: object) -> float | None:
+    """Seconds: a real number >= 0, or None (or ``inf``) for no limit.
+
+    A finite value too large for the standard library's waits (over
+    ``threading.TIMEOUT_MAX``) is refused, as are ``nan``, booleans and strings.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentError(name, f"must be seconds >= 0 or None, got {value!r}")
+    if math.isnan(value) or value < 0:
+        raise InvalidArgumentError(name, f"must be seconds >= 0 or None, got {value!r}")
+    if math.isinf(value):
+        return None
+    if value > threading.TIMEOUT_MAX:
+        raise InvalidArgumentError(
+            name, f"must be at most {threading.TIMEOUT_MAX:g} s; pass None for no limit"
+        )
+    return float(value)
 
 
 def _listing(values: Iterable[Any]) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _inputs, protocol, tasks
+from . import _inputs, _validate, protocol, tasks
 from .batch import Batch
 from .calls import Call
 from .config import DEFAULT, DefaultType, Heartbeat, Reconnect
@@ -130,6 +130,8 @@ class Client:
     ) -> None:
         if api_key is None:
             api_key = os.environ.get(API_KEY_VARIABLE)
+        if api_key is not None and not isinstance(api_key, str):
+            raise InvalidArgumentError("api_key", f"must be a string, got {type(api_key).__name__}")
         if not api_key:
             raise InvalidArgumentError(
                 "api_key", f"no API key: pass api_key= or set the {API_KEY_VARIABLE} variable"
@@ -141,7 +143,8 @@ class Client:
                     "environment", f"must be one of {', '.join(ENDPOINTS)}; got {environment!r}"
                 )
         self.url = url
-        self.timeout = timeout
+        self.timeout = _validate.duration("timeout", timeout)
+        connect_timeout = _validate.duration("connect_timeout", connect_timeout)
         # _lock guards _uploads, _executor, _batches and _closed. _uploads maps the
         # SHA-256 of uploaded bytes to the upload's call (in flight or done).
         self._lock = threading.Lock()
@@ -240,13 +243,8 @@ class Client:
 
     def _deadline(self, timeout: Timeout) -> float | None:
         """The monotonic end of a call's deadline (None: no limit)."""
-        if timeout is DEFAULT:
-            timeout = self.timeout
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
-        ):
-            raise InvalidArgumentError("timeout", f"must be seconds >= 0 or None, got {timeout!r}")
-        return None if timeout is None else time.monotonic() + timeout
+        seconds = self.timeout if timeout is DEFAULT else _validate.duration("timeout", timeout)
+        return None if seconds is None else time.monotonic() + seconds
 
     def _run(self, spec: TaskSpec[T]) -> T:
         """Run ``spec`` and block until its result (or error, or deadline)."""
@@ -255,6 +253,9 @@ class Client:
         if spec.is_ready:
             ready: T = spec.ready
             return ready
+        if end is not None and end <= time.monotonic():
+            # timeout=0: the deadline has passed before anything could be sent.
+            raise RequestTimeoutError(f"{spec.kind}: the timeout passed before the task was sent")
         if spec.on_item is not None:
             return spec.adapt(list(self._iterate(spec, end)))
         call = self._start(spec, end)

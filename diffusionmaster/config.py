@@ -6,8 +6,9 @@ All durations are seconds (``float``); ``None`` means "no limit" where allowed.
 from __future__ import annotations
 
 import enum
+import math
 import time
-from typing import Final
+from typing import Any, Final
 
 import attrs
 
@@ -29,14 +30,42 @@ class DefaultType(enum.Enum):
 DEFAULT: Final = DefaultType.DEFAULT
 
 
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidArgumentError(name, f"must be a finite number, got {value!r}")
+    return float(value)
+
+
 def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if value < 0:
+    if _number(attribute.name, value) < 0:
         raise InvalidArgumentError(attribute.name, f"must be >= 0, got {value!r}")
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if value <= 0:
+    if _number(attribute.name, value) <= 0:
         raise InvalidArgumentError(attribute.name, f"must be > 0, got {value!r}")
+
+
+def _fraction(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not 0 <= _number(attribute.name, value) <= 1:
+        raise InvalidArgumentError(attribute.name, f"must be between 0 and 1, got {value!r}")
+
+
+def _at_least_one(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if _number(attribute.name, value) < 1:
+        raise InvalidArgumentError(attribute.name, f"must be >= 1, got {value!r}")
+
+
+def _flag(instance: object, attribute: attrs.Attribute[bool], value: bool) -> None:
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(attribute.name, f"must be True or False, got {value!r}")
+
+
+def _optional_positive(
+    instance: object, attribute: attrs.Attribute[Any], value: float | None
+) -> None:
+    if value is not None and _number(attribute.name, value) <= 0:
+        raise InvalidArgumentError(attribute.name, f"must be > 0 or None, got {value!r}")
 
 
 @attrs.frozen
@@ -63,13 +92,19 @@ class Reconnect:
             received nothing. Off by default: see the README, "Reconnect and resume".
     """
 
-    enabled: bool = True
+    enabled: bool = attrs.field(default=True, validator=_flag)
     resume_window: float = attrs.field(default=120.0, validator=_non_negative)
     min_delay: float = attrs.field(default=0.25, validator=_non_negative)
     max_delay: float = attrs.field(default=8.0, validator=_non_negative)
-    multiplier: float = attrs.field(default=2.0, validator=_positive)
-    jitter: float = attrs.field(default=0.5, validator=_non_negative)
-    resend_unanswered: bool = False
+    multiplier: float = attrs.field(default=2.0, validator=_at_least_one)
+    jitter: float = attrs.field(default=0.5, validator=_fraction)
+    resend_unanswered: bool = attrs.field(default=False, validator=_flag)
+
+    def __attrs_post_init__(self) -> None:
+        if self.min_delay > self.max_delay:
+            raise InvalidArgumentError(
+                "min_delay", f"{self.min_delay!r} is above max_delay {self.max_delay!r}"
+            )
 
 
 @attrs.frozen
@@ -87,7 +122,7 @@ class Heartbeat:
         timeout: seconds to wait for an answer to a ping.
     """
 
-    interval: float | None = 10.0
+    interval: float | None = attrs.field(default=10.0, validator=_optional_positive)
     timeout: float = attrs.field(default=10.0, validator=_positive)
 
 

@@ -9,6 +9,7 @@ import base64
 import binascii
 import io
 import os
+import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,15 @@ def image_format(data: bytes) -> str | None:
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
     return None
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def _file_name(server_uuid: str) -> str:
+    """A file name made from a server-supplied image UUID: letters, digits, ``-``, ``_``."""
+    name = _UNSAFE.sub("_", server_uuid).strip("_")[:100]
+    return name or "image"
 
 
 _EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
@@ -147,7 +157,11 @@ class Image:
         converted to it (this needs Pillow); any other suffix gets the bytes as they are.
 
         Args:
-            path: a file name or an existing directory.
+            path: a file name, an existing directory, or a name ending in ``/`` (a
+                directory, created if missing). Missing parent folders are created.
+                The file name made for a directory uses only the letters, digits,
+                ``-`` and ``_`` of the UUID, so no server data can place the file
+                outside the directory.
             timeout: seconds for the download, when one is needed.
 
         Returns:
@@ -156,18 +170,25 @@ class Image:
         Raises:
             RequestTimeoutError, ConnectionFailedError: the download failed.
             ImportError: a conversion was needed and Pillow is not installed.
+            OSError: the folder could not be created or the file written (it says which).
         """
         data = self.read(timeout=timeout)
         kind = image_format(data)
-        target = Path(path)
-        if target.is_dir():
-            target = target / f"{self.uuid}{_EXTENSIONS.get(kind or '', '.bin')}"
+        text = os.fspath(path)
+        target = Path(text)
+        folder = target.is_dir() or text.endswith(("/", os.sep))
+        if folder:
+            # The name comes from the server: only its safe characters are used, so
+            # it can never point outside the folder (no separators, no "..").
+            target.mkdir(parents=True, exist_ok=True)
+            target = target / f"{_file_name(self.uuid)}{_EXTENSIONS.get(kind or '', '.bin')}"
         elif not target.suffix:
             target = target.with_suffix(_EXTENSIONS.get(kind or "", ".bin"))
         else:
             wanted = _SUFFIX_FORMATS.get(target.suffix.lower())
             if wanted is not None and kind is not None and wanted != kind:
                 data = _convert(data, wanted)
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         return target
 

@@ -99,8 +99,17 @@ def _first(items: list[Any]) -> Any:
     return items[0]
 
 
+def _required(name: str, image: object) -> dict[str, str | bytes]:
+    if image is None:
+        raise InvalidArgumentError(
+            name, "an image is required (a path, bytes, a file, a PIL image, an image UUID "
+            "or an earlier result), got None",
+        )  # fmt: skip
+    return _inputs.load_all({name: image})
+
+
 def _one_image(kind: str, image: object, timeout: Timeout, build: Builder) -> TaskSpec[Image]:
-    return TaskSpec(kind, _inputs.load_all({"image": image}), build, 1, image_of, _first, timeout)
+    return TaskSpec(kind, _required("image", image), build, 1, image_of, _first, timeout)
 
 
 # -- generation -----------------------------------------------------------------------
@@ -160,7 +169,7 @@ def inpaint(
 
 def upload_image(image: object, *, timeout: Timeout = DEFAULT) -> TaskSpec[UploadedImage]:
     """The spec of :meth:`Client.upload_image`; ``ready`` for inputs already on the server."""
-    loaded = _inputs.load("image", image)
+    loaded = _required("image", image)["image"]
     if isinstance(image, UploadedImage):
         ready: UploadedImage | None = image
     elif isinstance(loaded, str):
@@ -223,7 +232,7 @@ def remove_background(image: object, *, timeout: Timeout = DEFAULT) -> TaskSpec[
 def image2text(image: object, *, timeout: Timeout = DEFAULT) -> TaskSpec[str]:
     """The spec of :meth:`Client.image2text`."""
     return TaskSpec(
-        "image2text", _inputs.load_all({"image": image}),
+        "image2text", _required("image", image),
         lambda uuids, task_uuid: protocol.ReverseImageClip(task_uuid, uuids["image"]),
         1, _text_of, _first, timeout,
     )  # fmt: skip
@@ -290,7 +299,7 @@ def preprocess_controlnet(
             guide_image_mask_uuid=uuids.get("mask"),
         )
 
-    inputs = _inputs.load_all({"image": image, "mask": mask})
+    inputs = {**_required("image", image), **_inputs.load_all({"mask": mask})}
     return TaskSpec("preprocess_controlnet", inputs, build, 1, image_of, _first, timeout)
 
 
