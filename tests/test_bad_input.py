@@ -24,7 +24,7 @@ def test_bad_timeouts_send_nothing(
     client: diffusionmaster.Client, emulator: Emulator, timeout: Any
 ) -> None:
     """nan, negative, too large, strings and booleans are refused before sending."""
-    with pytest.raises(InvalidArgumentError, match="^timeout: "):
+    with pytest.raises(InvalidArgumentError, match=r"^timeout: "):
         client.text2img("x", timeout=timeout)
     assert _sent(emulator) == []
 
@@ -55,14 +55,14 @@ def test_client_durations_are_checked(
     emulator: Emulator, kwargs: dict[str, Any], parameter: str
 ) -> None:
     """Client(timeout=..., connect_timeout=...) are checked before connecting."""
-    with pytest.raises(InvalidArgumentError, match=f"^{parameter}: "):
+    with pytest.raises(InvalidArgumentError, match=rf"^{parameter}: "):
         diffusionmaster.Client(API_KEY, url=emulator.url, **kwargs)
     assert emulator.connections_opened == 0
 
 
 def test_non_string_api_key_is_refused(emulator: Emulator) -> None:
     """A non-string key is refused before any connection is made."""
-    with pytest.raises(InvalidArgumentError, match="^api_key: must be a string"):
+    with pytest.raises(InvalidArgumentError, match=r"^api_key: must be a string"):
         diffusionmaster.Client(123, url=emulator.url)  # type: ignore[arg-type]
     assert emulator.connections_opened == 0
 
@@ -81,7 +81,7 @@ def test_non_string_api_key_is_refused(emulator: Emulator) -> None:
 )
 def test_reconnect_checks_every_field(kwargs: dict[str, Any], parameter: str) -> None:
     """Reconnect refuses values that would make delays negative or attempts back to back."""
-    with pytest.raises(InvalidArgumentError, match=f"^{parameter}: "):
+    with pytest.raises(InvalidArgumentError, match=rf"^{parameter}: "):
         diffusionmaster.Reconnect(**kwargs)
 
 
@@ -91,13 +91,13 @@ def test_reconnect_checks_every_field(kwargs: dict[str, Any], parameter: str) ->
 )
 def test_heartbeat_checks_every_field(kwargs: dict[str, Any], parameter: str) -> None:
     """Heartbeat refuses a non-positive interval or timeout."""
-    with pytest.raises(InvalidArgumentError, match=f"^{parameter}: "):
+    with pytest.raises(InvalidArgumentError, match=rf"^{parameter}: "):
         diffusionmaster.Heartbeat(**kwargs)
 
 
 def test_state_listener_must_be_callable(client: diffusionmaster.Client) -> None:
     """add_state_listener refuses a non-callable."""
-    with pytest.raises(InvalidArgumentError, match="^listener: must be callable"):
+    with pytest.raises(InvalidArgumentError, match=r"^listener: must be callable"):
         client.add_state_listener("not a function")  # type: ignore[arg-type]
 
 
@@ -105,9 +105,9 @@ def test_lone_surrogate_in_a_prompt_is_refused(
     client: diffusionmaster.Client, emulator: Emulator
 ) -> None:
     """A prompt that cannot be UTF-8 encoded is InvalidArgumentError, not UnicodeEncodeError."""
-    with pytest.raises(InvalidArgumentError, match="^prompt: .*surrogate"):
+    with pytest.raises(InvalidArgumentError, match=r"^prompt: .*surrogate"):
         client.text2img("a cat \udc80")
-    with pytest.raises(InvalidArgumentError, match="^negative_prompt: "):
+    with pytest.raises(InvalidArgumentError, match=r"^negative_prompt: "):
         client.text2img("a cat", negative_prompt="\ud800")
     assert _sent(emulator) == []
 
@@ -117,7 +117,7 @@ def test_a_missing_image_is_refused(
     client: diffusionmaster.Client, emulator: Emulator, method: str
 ) -> None:
     """None as the image is InvalidArgumentError naming it (it was a KeyError)."""
-    with pytest.raises(InvalidArgumentError, match="^image: an image is required"):
+    with pytest.raises(InvalidArgumentError, match=r"^image: an image is required"):
         getattr(client, method)(None)
     assert _sent(emulator) == []
 
