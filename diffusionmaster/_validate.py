@@ -10,6 +10,8 @@ import threading
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
 
+import attrs
+
 from . import tables
 from .errors import InvalidArgumentError
 from .models import ControlNet, Lora
@@ -194,7 +196,7 @@ def controlnet(name: str, item: object, *, steps: int | None, model_id: int | st
         model_id: the task's model; SDXL takes fewer preprocessors.
 
     Returns:
-        ``item``, checked (its guide image is not read here).
+        A copy of ``item`` holding the parsed values (its guide image is not read here).
     """
     if not isinstance(item, ControlNet):
         raise InvalidArgumentError(
@@ -207,7 +209,7 @@ def controlnet(name: str, item: object, *, steps: int | None, model_id: int | st
         raise InvalidArgumentError(
             f"{name}.guide_image", "is required: any image input, or an http(s) URL"
         )
-    number(f"{name}.weight", item.weight, 0, 1)
+    weight = number(f"{name}.weight", item.weight, 0, 1)
     last_step = DEFAULT_STEPS if steps is None else steps
     start, end = (
         optional(integer, f"{name}.{field}", getattr(item, field), 0, last_step)
@@ -223,7 +225,7 @@ def controlnet(name: str, item: object, *, steps: int | None, model_id: int | st
         raise InvalidArgumentError(
             name, "give start_step/end_step or start_percentage/end_percentage, not both"
         )
-    optional(
+    mode = optional(
         choice, f"{name}.control_mode", item.control_mode, [m.value for m in tables.ControlMode]
     )
     low, high = (
@@ -236,4 +238,10 @@ def controlnet(name: str, item: object, *, steps: int | None, model_id: int | st
             f"only valid with preprocessor 'canny', not {preprocessor!r}",
         )
     _ordered(name, "low_threshold_canny", "high_threshold_canny", low, high, "above")
-    return item
+    # The parsed values (plain strings for enums, floats for weights): what the request
+    # is built from, with no second normalisation.
+    return attrs.evolve(
+        item, preprocessor=preprocessor, weight=weight, start_step=start, end_step=end,
+        start_percentage=start_pct, end_percentage=end_pct, control_mode=mode,
+        low_threshold_canny=low, high_threshold_canny=high,
+    )  # fmt: skip

@@ -179,16 +179,15 @@ def build_task(gen: Generation, uuids: Mapping[str, str], task_uuid: str) -> pro
     """
     control_items = [
         protocol.ControlNetItem(
-            preprocessor=str(getattr(c.preprocessor, "value", c.preprocessor)),
-            weight=float(c.weight),
+            preprocessor=str(c.preprocessor),
+            weight=c.weight,
             guide_image_uuid=uuids.get(f"controlnet[{i}].guide_image"),
             guide_image_url=gen.guide_urls.get(i),
             start_step=c.start_step,
             end_step=c.end_step,
             start_step_percentage=c.start_percentage,
             end_step_percentage=c.end_percentage,
-            control_mode=None if c.control_mode is None
-            else str(getattr(c.control_mode, "value", c.control_mode)),
+            control_mode=c.control_mode,
             low_threshold_canny=c.low_threshold_canny,
             high_threshold_canny=c.high_threshold_canny,
         )

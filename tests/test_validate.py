@@ -256,8 +256,16 @@ def test_size_accepts_a_list_pair() -> None:
 def test_controlnet_steps_default_to_the_server_default() -> None:
     """Without steps, ControlNet steps are bounded by the server default of 20."""
     item = CN("canny", GUIDE, start_step=0, end_step=20)
-    assert _validate.controlnet("controlnet[0]", item, steps=None, model_id=13) is item
+    assert _validate.controlnet("controlnet[0]", item, steps=None, model_id=13) == item
     assert _validate.DEFAULT_STEPS == 20
+
+
+def test_controlnet_returns_the_parsed_values() -> None:
+    """Enum members come back as their strings and an int weight as a float."""
+    item = CN("canny", GUIDE, weight=1, control_mode=diffusionmaster.ControlMode.PROMPT)
+    parsed = _validate.controlnet("controlnet[0]", item, steps=None, model_id=13)
+    assert (parsed.weight, type(parsed.weight)) == (1.0, float)
+    assert (parsed.control_mode, type(parsed.control_mode)) == ("prompt", str)
 
 
 def test_lora_returns_model_and_weight() -> None:
