@@ -54,7 +54,7 @@ def dial() -> Iterator[Dial]:
 
         def open_connection(emulator: Emulator) -> ClientConnection:
             return stack.enter_context(
-                connect(emulator.url, max_size=None, open_timeout=TIMEOUT, close_timeout=1)
+                connect(emulator.url, max_size=None, open_timeout=TIMEOUT, close_timeout=seconds(1))
             )
 
         yield open_connection
@@ -328,7 +328,7 @@ def test_ping_gets_pong(emu: Emulator, dial: Dial) -> None:
 
 def test_idle_connection_is_closed(dial: Dial) -> None:
     """The server closes a connection idle_timeout seconds after the client's last frame."""
-    with Emulator([KEY], idle_timeout=0.2) as emu:
+    with Emulator([KEY], idle_timeout=seconds(0.2)) as emu:
         ws = dial(emu)
         session = login(ws)
         started = time.monotonic()
@@ -754,7 +754,7 @@ def test_freeze_holds_everything_until_thaw(emu: Emulator, dial: Dial) -> None:
     send(ws, {"ping": True})
     control_pong = ws.ping()
     with pytest.raises(TimeoutError):
-        ws.recv(timeout=0.3)
+        ws.recv(timeout=seconds(0.3))
     assert not control_pong.is_set()
     emu.thaw()
     assert recv(ws)["newImages"]["images"][0]["taskUUID"] == task_uuid(task)
@@ -894,12 +894,12 @@ def test_restart_keeps_running_tasks_and_buffers_their_results(dial: Dial) -> No
 
 def test_ping_keeps_an_otherwise_idle_connection_open(dial: Dial) -> None:
     """{"ping": true} resets the idle clock: the connection outlives several idle_timeouts."""
-    with Emulator([KEY], idle_timeout=0.3) as emu:
+    with Emulator([KEY], idle_timeout=seconds(0.3)) as emu:
         ws = dial(emu)
         login(ws)
         for _ in range(5):  # 5 x 0.1 s of silence from the server, well past 0.3 s in all
             with pytest.raises(TimeoutError):
-                ws.recv(timeout=0.1)
+                ws.recv(timeout=seconds(0.1))
             send(ws, {"ping": True})
             assert recv(ws) == {"pong": True}
         assert emu.connection_count == 1

@@ -135,8 +135,8 @@ def test_expired_window_fails_with_session_expired(emu: Emulator) -> None:
 
 def test_frozen_server_detected_by_heartbeat(emu: Emulator) -> None:
     """A server that stops answering is found dead by the heartbeat, and the client resumes."""
-    heartbeat = Heartbeat(interval=0.1, timeout=0.3)
-    with make_client(emu, heartbeat=heartbeat, connect_timeout=0.5) as client:
+    heartbeat = Heartbeat(interval=seconds(0.1), timeout=seconds(0.3))
+    with make_client(emu, heartbeat=heartbeat, connect_timeout=seconds(0.5)) as client:
         states = States(client)
         session = client.session_uuid
         emu.freeze()
@@ -152,7 +152,9 @@ def test_frozen_server_detected_by_heartbeat(emu: Emulator) -> None:
 def test_idle_connection_outlives_the_idle_close(emu: Emulator) -> None:
     """The heartbeat keeps an idle connection open past the server's idle timeout."""
     emu.idle_timeout = 0.3
-    with make_client(emu, heartbeat=Heartbeat(interval=0.05, timeout=1)) as client:
+    with make_client(
+        emu, heartbeat=Heartbeat(interval=seconds(0.05), timeout=seconds(1))
+    ) as client:
         opened = emu.connections_opened
         # wait on the server's condition, for the length of three idle timeouts
         assert not emu.wait_for(lambda: emu.connections_opened > opened, 0.9)
@@ -163,8 +165,8 @@ def test_idle_connection_outlives_the_idle_close(emu: Emulator) -> None:
 
 def test_take_over_of_half_open_connection(emu: Emulator) -> None:
     """A client that gave up a link the server still holds resumes on a new one (take-over)."""
-    heartbeat = Heartbeat(interval=0.1, timeout=0.3)
-    with make_client(emu, heartbeat=heartbeat, connect_timeout=0.5) as client:
+    heartbeat = Heartbeat(interval=seconds(0.1), timeout=seconds(0.3))
+    with make_client(emu, heartbeat=heartbeat, connect_timeout=seconds(0.5)) as client:
         states = States(client)
         session = client.session_uuid
         emu.miss_disconnects()  # the server will not learn that the old link ended
@@ -215,8 +217,8 @@ def test_revoked_key_at_reconnect_fails_calls(emu: Emulator) -> None:
 
 def test_calls_made_while_reconnecting_wait_and_are_sent(emu: Emulator) -> None:
     """A call made during a reconnect is sent after authentication and completes."""
-    heartbeat = Heartbeat(interval=0.1, timeout=0.3)
-    with make_client(emu, heartbeat=heartbeat, connect_timeout=0.5) as client:
+    heartbeat = Heartbeat(interval=seconds(0.1), timeout=seconds(0.3))
+    with make_client(emu, heartbeat=heartbeat, connect_timeout=seconds(0.5)) as client:
         states = States(client)
         emu.freeze()
         assert states.wait_for(State.RECONNECTING, seconds(3))
@@ -230,13 +232,15 @@ def test_calls_made_while_reconnecting_wait_and_are_sent(emu: Emulator) -> None:
 def test_call_times_out_while_disconnected(emu: Emulator) -> None:
     """A call that cannot be sent before its deadline raises RequestTimeoutError."""
     with make_client(
-        emu, heartbeat=Heartbeat(interval=0.1, timeout=0.3), connect_timeout=0.5
+        emu,
+        heartbeat=Heartbeat(interval=seconds(0.1), timeout=seconds(0.3)),
+        connect_timeout=seconds(0.5),
     ) as client:
         states = States(client)
         emu.freeze()
         assert states.wait_for(State.RECONNECTING, seconds(3))
         with pytest.raises(RequestTimeoutError, match="not connected"):
-            client.text2img("no chance", timeout=0.2)
+            client.text2img("no chance", timeout=seconds(0.2))
         emu.thaw()
     assert _tasks(emu) == []
 
@@ -346,7 +350,9 @@ def test_session_expiry_logged_as_warning(emu: Emulator, caplog: pytest.LogCaptu
 def test_closed_client_during_reconnect_fails_calls(emu: Emulator) -> None:
     """close() during a reconnect wakes a call that waited to be sent."""
     with make_client(
-        emu, heartbeat=Heartbeat(interval=0.1, timeout=0.3), connect_timeout=0.5
+        emu,
+        heartbeat=Heartbeat(interval=seconds(0.1), timeout=seconds(0.3)),
+        connect_timeout=seconds(0.5),
     ) as client:
         states = States(client)
         emu.freeze()
