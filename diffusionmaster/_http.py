@@ -1,25 +1,33 @@
 """Downloads of result images (plain HTTP(S) GET, house rule 9), reusing connections.
 
-A small pool of keep-alive ``http.client`` connections per (scheme, host, port);
-thread-safe: each download takes a connection out of the pool and puts it back.
+A :class:`Downloader` keeps a small pool of keep-alive ``http.client`` connections
+per (scheme, host, port). Each :class:`~diffusionmaster.Client` owns one, closed by
+``close()``; results keep a reference to the one that downloads them. Thread-safe:
+each download takes a connection out of the pool and puts it back.
+
+Fork safety: a pooled socket shared by a parent and its forked child would mix
+their responses (one process reading the other's image bytes). In a forked child
+every downloader forgets its pool (closing only the child's copies of the file
+descriptors) and rebuilds its lock, through :func:`os.register_at_fork`, at the
+moment the child has a single thread.
 """
 
 from __future__ import annotations
 
 import http.client
+import os
 import threading
 import urllib.parse
+import weakref
 from collections import defaultdict
 
 from .errors import ConnectionFailedError, RequestTimeoutError
 
-__all__ = ["close_idle", "fetch"]
+__all__ = ["Downloader", "default"]
 
 _MAX_IDLE_PER_HOST = 4
-_pool: defaultdict[tuple[str, str, int | None], list[http.client.HTTPConnection]] = defaultdict(
-    list
-)
-_pool_lock = threading.Lock()
+_Key = tuple[str, str, int | None]
+_LIVE: weakref.WeakSet[Downloader] = weakref.WeakSet()
 
 
 def _new_connection(
@@ -30,63 +38,105 @@ def _new_connection(
     return http.client.HTTPConnection(host, port, timeout=timeout)
 
 
-def fetch(url: str, *, timeout: float | None = 60.0) -> tuple[bytes, str | None]:
-    """GET ``url``; return (body, Content-Type).
+class Downloader:
+    """A pool of keep-alive HTTP(S) connections, owned by one client. Thread-safe."""
 
-    Raises:
-        RequestTimeoutError: the server did not answer in time.
-        ConnectionFailedError: the download failed (network error or non-2xx status).
-    """
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConnectionFailedError(f"cannot download {url!r}: not an http(s) URL")
-    key = (parts.scheme, parts.hostname, parts.port)
-    target = parts.path or "/"
-    if parts.query:
-        target += "?" + parts.query
-    # A pooled connection may have been closed by the server meanwhile: one retry on a
-    # fresh connection covers that without hiding real failures.
-    for attempt in range(2):
-        with _pool_lock:
-            idle = _pool[key]
-            conn = idle.pop() if idle and attempt == 0 else None
-        if conn is None:
-            conn = _new_connection(parts.scheme, parts.hostname, parts.port, timeout)
-        else:
-            conn.timeout = timeout
-            if conn.sock is not None:
-                conn.sock.settimeout(timeout)
-        try:
-            conn.request("GET", target, headers={"Accept": "image/*"})
-            response = conn.getresponse()
-            body = response.read()
-        except TimeoutError as exc:
+    def __init__(self) -> None:
+        self._reset()
+        _LIVE.add(self)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: defaultdict[_Key, list[http.client.HTTPConnection]] = defaultdict(list)
+
+    def _after_fork_in_child(self) -> None:
+        # The pooled sockets belong to the parent too: close our copies of their file
+        # descriptors (no shutdown, which would cut the parent's), never reuse them.
+        for conns in self._pool.values():
+            for conn in conns:
+                if conn.sock is not None:
+                    conn.sock.close()
+        self._reset()
+
+    def fetch(self, url: str, *, timeout: float | None = 60.0) -> tuple[bytes, str | None]:
+        """GET ``url``; return (body, Content-Type).
+
+        Raises:
+            RequestTimeoutError: the server did not answer in time.
+            ConnectionFailedError: the download failed (network error or non-2xx status).
+        """
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConnectionFailedError(f"cannot download {url!r}: not an http(s) URL")
+        key = (parts.scheme, parts.hostname, parts.port)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        # A pooled connection may have been closed by the server meanwhile: one retry on a
+        # fresh connection covers that without hiding real failures.
+        for attempt in range(2):
+            with self._lock:
+                idle = self._pool[key]
+                conn = idle.pop() if idle and attempt == 0 else None
+            if conn is None:
+                conn = _new_connection(parts.scheme, parts.hostname, parts.port, timeout)
+            else:
+                conn.timeout = timeout
+                if conn.sock is not None:
+                    conn.sock.settimeout(timeout)
+            try:
+                conn.request("GET", target, headers={"Accept": "image/*"})
+                response = conn.getresponse()
+                body = response.read()
+            except TimeoutError as exc:
+                conn.close()
+                raise RequestTimeoutError(f"download of {url} timed out") from exc
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if attempt == 0:
+                    continue
+                raise ConnectionFailedError(f"download of {url} failed: {exc}") from exc
+            if response.status // 100 != 2:
+                conn.close()
+                raise ConnectionFailedError(f"download of {url} failed: HTTP {response.status}")
+            keep = not response.will_close
+            if keep:
+                with self._lock:
+                    keep = len(self._pool[key]) < _MAX_IDLE_PER_HOST
+                    if keep:
+                        self._pool[key].append(conn)
+            if not keep:
+                conn.close()
+            return body, response.getheader("Content-Type")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Close every idle pooled connection; later downloads open new ones."""
+        with self._lock:
+            idle = [conn for conns in self._pool.values() for conn in conns]
+            self._pool.clear()
+        for conn in idle:
             conn.close()
-            raise RequestTimeoutError(f"download of {url} timed out") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            if attempt == 0:
-                continue
-            raise ConnectionFailedError(f"download of {url} failed: {exc}") from exc
-        if response.status // 100 != 2:
-            conn.close()
-            raise ConnectionFailedError(f"download of {url} failed: HTTP {response.status}")
-        keep = not response.will_close
-        if keep:
-            with _pool_lock:
-                keep = len(_pool[key]) < _MAX_IDLE_PER_HOST
-                if keep:
-                    _pool[key].append(conn)
-        if not keep:
-            conn.close()
-        return body, response.getheader("Content-Type")
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
-def close_idle() -> None:
-    """Close every idle pooled connection; later downloads open new ones."""
-    with _pool_lock:
-        idle = [conn for conns in _pool.values() for conn in conns]
-        _pool.clear()
-    for conn in idle:
-        conn.close()
+_default: Downloader | None = None
+_default_lock = threading.Lock()
+
+
+def default() -> Downloader:
+    """The process's downloader for results that belong to no client (made on first use)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Downloader()
+        return _default
+
+
+def _after_fork_in_child() -> None:
+    global _default_lock
+    _default_lock = threading.Lock()
+    for downloader in list(_LIVE):
+        downloader._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

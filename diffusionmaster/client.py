@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _inputs, _validate, protocol, tasks
+from . import _http, _inputs, _validate, protocol, tasks
 from .batch import Batch
 from .calls import Call
 from .config import DEFAULT, DefaultType, Heartbeat, Reconnect
@@ -155,6 +155,7 @@ class Client:
         self._batches: weakref.WeakSet[Batch] = weakref.WeakSet()
         self._closed = False
         self._usage = UsageMeter()
+        self._downloads = _http.Downloader()
         options: dict[str, Any] = {}
         if http_proxy_host:
             options.update(http_proxy_host=http_proxy_host, http_proxy_port=http_proxy_port)
@@ -199,6 +200,7 @@ class Client:
         for batch in batches:
             batch.cancel()
         self._supervisor.close()
+        self._downloads.close()
         if executor is not None:
             # The workers' calls were just woken by the close; don't wait for them here.
             executor.shutdown(wait=False, cancel_futures=True)
@@ -292,8 +294,12 @@ class Client:
         """
         if spec.upload is not None:
             return self._upload(spec.upload, end, meters)  # type: ignore[return-value]
+        item = spec.item
+        if item is tasks.image_of:
+            downloads = self._downloads
+            item = lambda raw: tasks.image_of(raw, downloads)  # noqa: E731 - results keep the pool
         call: Call[T] = Call(
-            _new_uuid(), spec.kind, spec.expected, item=spec.item, adapt=spec.adapt,
+            _new_uuid(), spec.kind, spec.expected, item=item, adapt=spec.adapt,
             dispatch=self._supervisor.post, deadline=end, meters=(self._usage, *meters),
         )  # fmt: skip
         uuids = {name: v for name, v in spec.inputs.items() if isinstance(v, str)}

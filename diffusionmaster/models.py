@@ -55,10 +55,12 @@ _SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "web
 class _Content:
     """The bytes of an image, fetched or decoded at most once (thread-safe)."""
 
-    __slots__ = ("_base64", "_data", "_lock")
+    __slots__ = ("_base64", "_data", "_lock", "downloader")
 
-    def __init__(self, base64_data: str | None) -> None:
+    def __init__(self, base64_data: str | None, downloader: _http.Downloader | None = None) -> None:
         self._base64 = base64_data
+        #: what downloads the image (its client's pool; None: the process default)
+        self.downloader = downloader
         self._data: bytes | None = None
         self._lock = threading.Lock()
 
@@ -71,7 +73,8 @@ class _Content:
                     self._data = binascii.a2b_base64(self._base64)
                     self._base64 = None  # the text is no longer needed: free it
                 elif url:
-                    self._data, _ = _http.fetch(url, timeout=timeout)
+                    downloader = self.downloader or _http.default()
+                    self._data, _ = downloader.fetch(url, timeout=timeout)
                 else:
                     raise ValueError("this image has neither base64 data nor a URL")
             return self._data
@@ -122,8 +125,10 @@ class Image:
         cost: float | None = None,
         alt_text: str | None = None,
         base64_data: str | None = None,
+        downloader: _http.Downloader | None = None,
     ) -> Image:
-        return cls(uuid, url, task_uuid, nsfw, cost, alt_text, _content=_Content(base64_data))
+        content = _Content(base64_data, downloader)
+        return cls(uuid, url, task_uuid, nsfw, cost, alt_text, _content=content)
 
     def read(self, *, timeout: float | None = 60.0) -> bytes:
         """Return the image file's bytes (PNG, JPEG or WEBP).

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import attrs
 
 from . import _inputs, _validate, generation, protocol, tables
+from ._http import Downloader
 from .config import DEFAULT, DefaultType
 from .errors import InvalidArgumentError
 from .models import Image, UploadedImage, image_format
@@ -68,12 +69,12 @@ class TaskSpec(Generic[R]):
     upload: bytes | None = None
 
 
-def image_of(item: Any) -> Image:
+def image_of(item: Any, downloader: Downloader | None = None) -> Image:
     """The public :class:`Image` of an image item (or a ControlNet preprocess reply)."""
     if isinstance(item, protocol.PreprocessResult):
         return Image._from_result(
             uuid=item.new_image_uuid, url=item.new_image_src, task_uuid=item.task_uuid,
-            nsfw=item.nsfw,
+            nsfw=item.nsfw, downloader=downloader,
         )  # fmt: skip
     return Image._from_result(
         uuid=item.image_uuid,
@@ -83,6 +84,7 @@ def image_of(item: Any) -> Image:
         cost=item.cost,
         alt_text=item.image_alt_text,
         base64_data=item.image_base64_data,
+        downloader=downloader,
     )
 
 
