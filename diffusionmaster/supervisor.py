@@ -282,7 +282,11 @@ class Supervisor:
                 f"(state {self._state.value})"
             )
         else:
-            late = [u.task_uuid for u in call.blocker if not u.done()] or [call.task_uuid]
+            # The upload still running, or the one that just failed (its own deadline
+            # may have expired it first).
+            late = [u.task_uuid for u in call.blocker if not u.done() or u.error() is not None] or [
+                call.task_uuid
+            ]
             message = (
                 f"task {call.task_uuid} was not sent: the upload of its input (task "
                 f"{late[0]}) did not finish within the timeout"
