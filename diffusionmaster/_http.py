@@ -17,15 +17,19 @@ from __future__ import annotations
 import http.client
 import os
 import threading
+import time
 import urllib.parse
 import weakref
 from collections import defaultdict
 
-from .errors import ConnectionFailedError, RequestTimeoutError
+from .errors import ConnectionFailedError, DownloadError, RequestTimeoutError
 
 __all__ = ["Downloader", "default"]
 
 _MAX_IDLE_PER_HOST = 4
+#: The largest image body accepted (a 4x-upscaled PNG is well under this).
+MAX_BODY = 256 * 1024 * 1024
+_CHUNK = 1024 * 1024
 _Key = tuple[str, str, int | None]
 _LIVE: weakref.WeakSet[Downloader] = weakref.WeakSet()
 
@@ -68,6 +72,7 @@ class Downloader:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConnectionFailedError(f"cannot download {url!r}: not an http(s) URL")
+        end = None if timeout is None else time.monotonic() + timeout
         key = (parts.scheme, parts.hostname, parts.port)
         target = parts.path or "/"
         if parts.query:
@@ -87,18 +92,24 @@ class Downloader:
             try:
                 conn.request("GET", target, headers={"Accept": "image/*"})
                 response = conn.getresponse()
-                body = response.read()
+                if response.status // 100 != 2:
+                    kind = "a redirect" if response.status // 100 == 3 else "HTTP error"
+                    raise DownloadError(
+                        f"download of {url} failed: {kind} {response.status} {response.reason}",
+                        url=url, status=response.status,
+                    )  # fmt: skip
+                body = _read_body(conn, response, url, end)
             except TimeoutError as exc:
                 conn.close()
                 raise RequestTimeoutError(f"download of {url} timed out") from exc
+            except DownloadError:
+                conn.close()
+                raise
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 if attempt == 0:
                     continue
                 raise ConnectionFailedError(f"download of {url} failed: {exc}") from exc
-            if response.status // 100 != 2:
-                conn.close()
-                raise ConnectionFailedError(f"download of {url} failed: HTTP {response.status}")
             keep = not response.will_close
             if keep:
                 with self._lock:
@@ -117,6 +128,45 @@ class Downloader:
             self._pool.clear()
         for conn in idle:
             conn.close()
+
+
+def _read_body(
+    conn: http.client.HTTPConnection, response: http.client.HTTPResponse, url: str,
+    end: float | None,
+) -> bytes:  # fmt: skip
+    """Read the body by pieces within one total deadline, refusing more than MAX_BODY.
+
+    The socket timeout bounds each read only: a server trickling a byte at a time
+    would hold the download for ever. Each read here gets what is left of the deadline.
+    """
+    declared = response.getheader("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise DownloadError(
+            f"download of {url} refused: {declared} bytes is over the {MAX_BODY} byte cap",
+            url=url, status=response.status,
+        )  # fmt: skip
+    pieces: list[bytes] = []
+    size = 0
+    while True:
+        if end is not None:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the download's deadline passed")
+            if conn.sock is not None:
+                conn.sock.settimeout(left)
+        piece = response.read1(_CHUNK)
+        if not piece:
+            # read1 does not mark a length-delimited response finished (read does):
+            # close it, or the kept-alive connection refuses its next request.
+            response.close()
+            return b"".join(pieces)
+        size += len(piece)
+        if size > MAX_BODY:
+            raise DownloadError(
+                f"download of {url} stopped: the body is over the {MAX_BODY} byte cap",
+                url=url, status=response.status,
+            )  # fmt: skip
+        pieces.append(piece)
 
 
 _default: Downloader | None = None

@@ -13,6 +13,8 @@ exists, so ``except ValueError`` and ``except TimeoutError`` keep working::
     │                                            forgotten the session: pending results are gone
     ├── ClientClosedError                        the client was closed (or closed while waiting)
     ├── RequestTimeoutError (also TimeoutError)  a call's deadline passed
+    ├── DownloadError                            an image download got a redirect, an HTTP
+    │                                            error status, or a body over the size cap
     ├── ProtocolError                            the server sent something we cannot understand
     ├── TaskError                                the server reported an error for one task
     └── ReentrancyError (also RuntimeError)      a blocking call from an internal thread
@@ -32,6 +34,7 @@ __all__ = [
     "ClientClosedError",
     "ConnectionFailedError",
     "DiffusionMasterError",
+    "DownloadError",
     "InvalidArgumentError",
     "ProtocolError",
     "ReentrancyError",
@@ -106,6 +109,21 @@ class RequestTimeoutError(DiffusionMasterError, TimeoutError):
     def __init__(self, message: str, *, task_uuid: str | None = None) -> None:
         super().__init__(message)
         self.task_uuid = task_uuid
+
+
+class DownloadError(DiffusionMasterError):
+    """An image download failed on the HTTP level (not the network: that is
+    :class:`ConnectionFailedError`, and a passed deadline :class:`RequestTimeoutError`).
+
+    Attributes:
+        url: the URL.
+        status: the HTTP status, when one was received.
+    """
+
+    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
 
 
 class ProtocolError(DiffusionMasterError):

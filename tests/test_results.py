@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -151,11 +152,13 @@ def test_download_timeout_is_a_request_timeout(image_server: _ImageServer) -> No
     assert isinstance(info.value, TimeoutError)
 
 
-def test_missing_image_is_a_connection_failure(emulator: Emulator) -> None:
-    """An HTTP error status raises ConnectionFailedError naming it."""
-    image = Image(UUID, url=f"{emulator.http_url}/image/{UUID}.jpg")
-    with pytest.raises(ConnectionFailedError, match="HTTP 404"):
-        image.read()
+def test_missing_image_is_a_download_error(emulator: Emulator) -> None:
+    """An HTTP error status raises DownloadError carrying it, not ConnectionFailedError."""
+    url = f"{emulator.http_url}/image/{UUID}.jpg"
+    with pytest.raises(diffusionmaster.DownloadError, match="HTTP error 404") as info:
+        Image(UUID, url=url).read()
+    assert (info.value.status, info.value.url) == (404, url)
+    assert not isinstance(info.value, ConnectionFailedError)
 
 
 def test_base64_result_matches_the_file(client: diffusionmaster.Client) -> None:
@@ -361,3 +364,83 @@ def test_each_client_owns_its_download_pool(emulator: Emulator) -> None:
     assert client._downloads._pool == {} or all(
         not conns for conns in client._downloads._pool.values()
     )
+
+
+# -- downloads the server cannot abuse ---------------------------------------------------------
+
+
+class _HostileHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    stop = threading.Event()
+
+    def do_GET(self) -> None:
+        if self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", "/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        if self.path == "/huge":
+            self.send_header("Content-Length", str(10**12))
+        self.end_headers()
+        # /trickle: one byte every 50 ms, much longer than the client's deadline.
+        # /endless: no length, 1 MB pieces for ever (until the client goes away).
+        piece = b"x" if self.path == "/trickle" else b"x" * 1_000_000
+        try:
+            while not self.stop.wait(0.05 if self.path == "/trickle" else 0):
+                self.wfile.write(piece)
+                self.wfile.flush()
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def hostile() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HostileHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), name="test-hostile")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        _HostileHandler.stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(seconds(5))
+        _HostileHandler.stop.clear()
+
+
+def test_a_trickling_download_is_cut_at_its_total_deadline(hostile: str) -> None:
+    """The timeout bounds the whole download, not each read."""
+    downloader = _http.Downloader()
+    start = time.monotonic()
+    with pytest.raises(diffusionmaster.RequestTimeoutError):
+        downloader.fetch(f"{hostile}/trickle", timeout=seconds(0.5))
+    assert time.monotonic() - start < seconds(2)
+
+
+def test_an_endless_body_is_cut_at_the_size_cap(
+    hostile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body without end stops at the cap with DownloadError; memory stays bounded."""
+    monkeypatch.setattr(_http, "MAX_BODY", 5_000_000)
+    with pytest.raises(diffusionmaster.DownloadError, match="over the 5000000 byte cap"):
+        _http.Downloader().fetch(f"{hostile}/endless", timeout=seconds(10))
+
+
+def test_a_declared_huge_body_is_refused_before_reading(hostile: str) -> None:
+    """A Content-Length over the cap is refused at once."""
+    with pytest.raises(diffusionmaster.DownloadError, match="refused"):
+        _http.Downloader().fetch(f"{hostile}/huge", timeout=seconds(5))
+
+
+def test_a_redirect_is_a_download_error(hostile: str) -> None:
+    """A redirect is not followed: DownloadError with the status."""
+    with pytest.raises(diffusionmaster.DownloadError, match="a redirect 302") as info:
+        _http.Downloader().fetch(f"{hostile}/redirect", timeout=seconds(5))
+    assert info.value.status == 302
