@@ -436,6 +436,10 @@ def _parser() -> argparse.ArgumentParser:
         "4 connection failed, 5 timeout, 6 session expired, 7 task error, 130 interrupted",
     )
 
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
     def keep(value: Any) -> Any:
         return value
 

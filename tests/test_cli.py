@@ -404,3 +404,19 @@ def test_help_lists_the_exit_codes() -> None:
     result = _python("--help")
     assert result.returncode == 0
     assert "3 key refused" in " ".join(result.stdout.split())
+
+
+def test_version_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version prints the package version and exits 0."""
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"diffusionmaster {diffusionmaster.__version__}"
+
+
+def test_the_url_variable_is_read_after_url(
+    emulator: Emulator, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --url, the CLI (through Client) connects to DIFFUSIONMASTER_URL."""
+    monkeypatch.setenv("DIFFUSIONMASTER_URL", emulator.url)
+    assert main(["enhance", "a castle", "--api-key", API_KEY]) == 0
+    assert [f for f in emulator.received_frames() if "newPromptEnhance" in f]
+    assert capsys.readouterr().out.strip()
