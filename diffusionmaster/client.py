@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import hashlib
 import logging
 import os
@@ -156,6 +157,8 @@ class Client:
         self._closed = False
         self._usage = UsageMeter()
         self._downloads = _http.Downloader()
+        #: turns image items into Images that download through this client's pool
+        self._image_of = functools.partial(tasks.image_of, downloader=self._downloads)
         options: dict[str, Any] = {}
         if http_proxy_host:
             options.update(http_proxy_host=http_proxy_host, http_proxy_port=http_proxy_port)
@@ -294,10 +297,7 @@ class Client:
         """
         if spec.upload is not None:
             return self._upload(spec.upload, end, meters)  # type: ignore[return-value]
-        item = spec.item
-        if item is tasks.image_of:
-            downloads = self._downloads
-            item = lambda raw: tasks.image_of(raw, downloads)  # noqa: E731 - results keep the pool
+        item = self._image_of if spec.item is tasks.image_of else spec.item
         call: Call[T] = Call(
             _new_uuid(), spec.kind, spec.expected, item=item, adapt=spec.adapt,
             dispatch=self._supervisor.post, deadline=end, meters=(self._usage, *meters),
