@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import http.server
 import io
-import os
 import subprocess
 import sys
 import threading
@@ -304,55 +303,7 @@ def test_ipython_displays_a_result_inline(client: diffusionmaster.Client) -> Non
     assert base64.b64decode(data["image/jpeg"]) == image.read()
 
 
-# -- fork safety of downloads -----------------------------------------------------------------
-
-
-def _fork_round(downloader: _http.Downloader, base: str, rounds: int) -> tuple[int, list[bool]]:
-    """Fork; parent and child each download their own files at once. Return the child's
-    exit status and the parent's per-download verdicts."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report through the pipe, never return into pytest
-        try:
-            ok = all(
-                downloader.fetch(f"{base}/child-{n % 4}.png", timeout=seconds(5))[0]
-                == f"child {n % 4}".encode() * 500
-                for n in range(rounds)
-            )
-            os.write(write_end, b"1" if ok else b"0")
-        except BaseException:
-            os.write(write_end, b"E")
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    verdicts = [
-        downloader.fetch(f"{base}/parent-{n % 4}.png", timeout=seconds(5))[0]
-        == f"parent {n % 4}".encode() * 500
-        for n in range(rounds)
-    ]
-    with os.fdopen(read_end, "rb") as pipe:
-        report = pipe.read()
-    os.waitpid(pid, 0)
-    return {b"1": 1, b"0": 0}.get(report, -1), verdicts
-
-
-def test_forked_child_never_shares_pooled_download_connections(
-    image_server: _ImageServer,
-) -> None:
-    """After fork(), parent and child each get exactly their own bytes, round after round."""
-    for n in range(4):
-        image_server.files[f"/parent-{n}.png"] = f"parent {n}".encode() * 500
-        image_server.files[f"/child-{n}.png"] = f"child {n}".encode() * 500
-    downloader = _http.Downloader()
-    try:
-        for _ in range(5):
-            # A download before the fork leaves a kept-alive connection in the pool.
-            assert downloader.fetch(image_server.base + "/parent-0.png", timeout=seconds(5))[0]
-            child, parent = _fork_round(downloader, image_server.base, 20)
-            assert child == 1
-            assert parent == [True] * 20
-    finally:
-        downloader.close()
+# -- download pools (fork safety: tests/test_fork.py) ---------------------------------------
 
 
 def test_each_client_owns_its_download_pool(emulator: Emulator) -> None:
