@@ -303,6 +303,7 @@ def test_unwritable_output(
 # -- the program: python -m diffusionmaster, the emulator server, the progress bar -------
 
 
+@pytest.mark.slow
 def test_python_m_diffusionmaster_json() -> None:
     """``python -m diffusionmaster enhance --emulator --json`` prints JSON and exits 0."""
     result = _python("enhance", "a cat", "--versions", "2", "--emulator", "--json")
@@ -310,6 +311,7 @@ def test_python_m_diffusionmaster_json() -> None:
     assert len(json.loads(result.stdout)["texts"]) == 2
 
 
+@pytest.mark.slow
 def test_expected_failure_prints_no_traceback() -> None:
     """A failure in the real program prints one line to stderr and no traceback."""
     with socket.socket() as s:
@@ -321,6 +323,7 @@ def test_expected_failure_prints_no_traceback() -> None:
     assert len(result.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_emulator_command_prints_its_real_port() -> None:
     """``emulator --port 0`` prints the URL of the port it bound, which serves clients."""
     proc = subprocess.Popen(
@@ -377,6 +380,7 @@ def _run_on_a_terminal(*argv: str) -> tuple[int, str]:
     return code, b"".join(chunks).decode("utf-8", "replace")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
 def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     """Generating several images with stderr on a terminal draws a tqdm bar there."""
@@ -386,12 +390,14 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert "4/4" in err
 
 
+@pytest.mark.slow
 def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
     """With stderr on a pipe, a successful run writes nothing to it."""
     result = _python("generate", "x", "-n", "4", "--emulator", "-o", str(tmp_path))
     assert (result.returncode, result.stderr) == (0, "")
 
 
+@pytest.mark.slow
 def test_verbose_logs_to_stderr(tmp_path: Path) -> None:
     """-vv logs the library's DEBUG records to stderr."""
     result = _python("generate", "x", "--emulator", "-vv", "-o", str(tmp_path))
@@ -399,6 +405,7 @@ def test_verbose_logs_to_stderr(tmp_path: Path) -> None:
     assert " DEBUG diffusionmaster.testing.emulator: emulator listening on ws://" in result.stderr
 
 
+@pytest.mark.slow
 def test_help_lists_the_exit_codes() -> None:
     """--help exits 0 and documents the exit codes."""
     result = _python("--help")

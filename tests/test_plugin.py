@@ -12,6 +12,8 @@ import pytest
 from .conftest import seconds
 from .test_examples import _readme_snippets
 
+pytestmark = pytest.mark.slow
+
 pytest_plugins = ["pytester"]
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "test_with_emulator.py"

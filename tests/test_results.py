@@ -246,6 +246,7 @@ def test_save_conversion_without_pillow_says_how_to_install_it(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_importing_the_package_does_not_import_pillow() -> None:
     """Pillow is imported only when a method needs it."""
     code = "import sys, diffusionmaster; print('PIL' in sys.modules)"
