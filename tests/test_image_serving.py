@@ -141,3 +141,12 @@ def test_default_emulator_closes_after_each_image() -> None:
         with urllib.request.urlopen(image.url or "", timeout=seconds(5)) as response:
             assert response.headers["Connection"] == "close"
         assert (emulator.image_connections_opened, emulator.keep_alive_images) == (0, False)
+
+
+def test_a_request_cut_mid_headers_gets_no_answer(emu: Emulator) -> None:
+    """A client that ends its side in the middle of the headers is closed without an answer."""
+    with socket.create_connection(("127.0.0.1", _image_port(emu))) as sock:
+        sock.settimeout(seconds(5))
+        sock.sendall(b"GET /image/x.jpg HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1024) == b""

@@ -185,8 +185,8 @@ class KeepAliveImageServer:
         fields: dict[str, str] = {}
         for _ in range(_MAX_HEADER_LINES):
             header = await self._read_line(reader)
-            if header is None:
-                return False
+            if not header:
+                return False  # idle, ended or over-long mid-request: nothing to answer
             if header in (b"\r\n", b"\n"):
                 break
             name, _, value = header.decode("latin-1").partition(":")

@@ -24,6 +24,10 @@ Behaviour where protocol.md leaves a choice:
   its ``-no`` part, ``totalAvailableResults`` is ``offset + numberResults``,
   ``bNSFWContent`` is true only when ``checkNsfw`` is set and the prompt
   contains "nsfw".
+* Image files are served on the WebSocket port, each answer closing its TCP
+  connection (websockets allows no more); with ``keep_alive_images=True`` they
+  are served on a port of their own over HTTP/1.1 keep-alive, as image hosts
+  do, so that clients reuse pooled connections.
 * Result frames (results and task errors) are buffered per session and sent
   in order; a frame cut by a drop is sent again after the resume
   (at-least-once: clients drop repeats by ``imageUUID``, house rule 5).
