@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -180,11 +179,3 @@ def test_every_response_carries_its_own_image(gunicorn: _Gunicorn, emu: Emulator
     assert len({headers["X-Image-UUID"] for _, headers, _ in responses}) == REQUESTS
     # The master's connection, then at most one per worker process.
     assert emu.connections_opened <= 1 + WORKERS
-
-
-def test_gunicorn_is_on_the_path_of_the_test_extra() -> None:
-    """The test extra installs gunicorn, so CI runs the prefork test (a missing one fails it)."""
-    if os.environ.get("CI") == "true":
-        assert shutil.which("gunicorn", path=str(Path(sys.executable).parent)) is not None
-    else:
-        pytest.importorskip("gunicorn")
