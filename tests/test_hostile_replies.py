@@ -275,3 +275,51 @@ def test_api_key_is_not_logged_on_failed_attempts(
         _drop(emulator, client)
         client.text2img("x", seed=1)
     assert all(API_KEY not in r.getMessage() for r in caplog.records)
+
+
+def test_supervisor_bug_fails_waiting_calls_at_once(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unexpected exception on the supervisor thread fails the client and its calls at once."""
+    bug = RuntimeError("injected bug")
+
+    def broken() -> float | None:
+        raise bug
+
+    with make_client(emulator, timeout=seconds(60)) as client:
+        emulator.lose_next_task()
+        client._supervisor._expire_due = broken  # type: ignore[method-assign]
+        future = client.submit(client.text2img, "never answered")  # its deadline wakes the thread
+        with pytest.raises(ConnectionFailedError, match="injected bug") as info:
+            future.result(timeout=seconds(5))
+        assert info.value.__cause__ is bug
+        assert client.state is State.FAILED
+        with pytest.raises(ConnectionFailedError, match="the client has failed"):
+            client.text2img("after the failure")
+    assert any(
+        r.levelno == logging.ERROR and r.getMessage().startswith("supervisor thread failed")
+        for r in caplog.records
+    )
+
+
+def test_routing_bug_costs_one_event_not_the_reader(
+    emulator: Emulator, client: diffusionmaster.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unexpected exception while routing one event is logged; the reader reads on."""
+    supervisor = client._supervisor
+    route = supervisor._route_event
+    broken = threading.Event()
+
+    def once(event: Any) -> None:
+        if not broken.is_set():
+            broken.set()
+            raise RuntimeError("injected routing bug")
+        route(event)
+
+    supervisor._route_event = once  # type: ignore[method-assign]
+    assert emulator.send_raw('{"pong": true}') == 1
+    assert broken.wait(seconds(5))
+    (image,) = client.text2img("after the bug", seed=6)
+    assert image.uuid
+    assert emulator.connections_opened == 1
+    assert any(r.getMessage() == "could not route a Pong event; dropped it" for r in caplog.records)
