@@ -323,3 +323,16 @@ def test_routing_bug_costs_one_event_not_the_reader(
     assert image.uuid
     assert emulator.connections_opened == 1
     assert any(r.getMessage() == "could not route a Pong event; dropped it" for r in caplog.records)
+
+
+def test_send_raw_reaches_only_authenticated_connections(emulator: Emulator) -> None:
+    """send_raw sends to no one without an authenticated connection, and to each one with."""
+    assert emulator.send_raw('{"pong": true}') == 0
+    with make_client(emulator), make_client(emulator):
+        assert emulator.send_raw('{"pong": true}') == 2
+
+
+def test_bad_auth_reply_refuses_times_below_one(emulator: Emulator) -> None:
+    """bad_auth_reply(times=0) raises ValueError naming the parameter."""
+    with pytest.raises(ValueError, match="times must be an int >= 1, got 0"):
+        emulator.bad_auth_reply("x", times=0)
