@@ -640,3 +640,43 @@ def test_from_dict_ignores_unknown_keys() -> None:
     """Keys Image.from_dict does not know are ignored (dicts of a newer version load)."""
     image = Image.from_dict({"uuid": UUID, "cost": 1, "future": [1, 2]})
     assert (image.uuid, image.cost, image.url) == (UUID, 1.0, None)
+
+
+# -- errors travel too ---------------------------------------------------------------------------
+
+_ERRORS = [
+    diffusionmaster.InvalidArgumentError("timeout", "must be positive"),
+    diffusionmaster.AuthenticationError("Invalid API key", error_id=19),
+    diffusionmaster.ConnectionFailedError("refused"),
+    diffusionmaster.SessionExpiredError("lost", task_uuids=["t-1", "t-2"]),
+    diffusionmaster.ClientClosedError("closed"),
+    diffusionmaster.RequestTimeoutError("late", task_uuid="t-3"),
+    diffusionmaster.DownloadError("HTTP error 404", url="http://127.0.0.1:1/x", status=404),
+    diffusionmaster.ProtocolError("bad frame"),
+    diffusionmaster.TaskError("boom", task_uuid="t-4", error_id=500),
+    diffusionmaster.ReentrancyError("from a callback"),
+]
+
+
+@pytest.mark.parametrize("error", _ERRORS, ids=lambda e: type(e).__name__)
+def test_every_error_pickles_with_its_message_and_attributes(error: Exception) -> None:
+    """An exception of the tree unpickles as its own type, message and attributes."""
+    again = pickle.loads(pickle.dumps(error))
+    assert (type(again), str(again), again.args) == (type(error), str(error), error.args)
+    assert again.__dict__ == error.__dict__
+
+
+def _fail_in_child(task_uuid: str) -> None:
+    raise diffusionmaster.TaskError("boom", task_uuid=task_uuid, error_id=500)
+
+
+def test_a_task_error_raised_in_a_pool_process_reaches_the_parent() -> None:
+    """A TaskError raised in a multiprocessing pool child is raised in the parent, fields kept
+    (it used to kill the pool's result thread, and the call timed out)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        pending = pool.apply_async(_fail_in_child, ("t-5",))
+        with pytest.raises(diffusionmaster.TaskError) as info:
+            pending.get(timeout=seconds(20))
+    assert (info.value.task_uuid, info.value.error_id, info.value.message) == ("t-5", 500, "boom")
