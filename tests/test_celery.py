@@ -10,6 +10,7 @@ redis-server or Celery fails the test; elsewhere it is skipped with the reason.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import importlib.util
 import io
 import os
@@ -249,3 +250,38 @@ def test_prefork_workers_return_each_task_its_own_image(
     assert celery_emulator.wait_for(lambda: celery_emulator.connection_count == 0, seconds(10))
     closed = [line for line in worker.output.text().splitlines() if "client closed" in line]
     assert len(closed) == len(sessions), worker.output.text()
+
+
+def test_the_example_producer_saves_the_images_of_its_prompts(
+    redis_url: str, celery_emulator: Emulator, worker: _Worker, tmp_path: Path
+) -> None:
+    """``python -m celery_app PROMPT...`` saves, for each prompt, the image made for it."""
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": redis_url,
+        "CELERY_RESULT_BACKEND": redis_url,
+        "PYTHONPATH": os.pathsep.join([str(EXAMPLES), os.environ.get("PYTHONPATH", "")]),
+    }
+    prompts = ["a lighthouse at dawn", "a kite over the sea"]
+    result = subprocess.run(
+        [sys.executable, "-m", "celery_app", *prompts],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=seconds(120),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    tasks = [f["newTask"] for f in celery_emulator.received_frames() if "newTask" in f]
+    assert sorted(task["promptText"] for task in tasks) == sorted(prompts)
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(prompts)
+    for prompt, line in zip(prompts, lines, strict=True):
+        shown, path = line.split(": ", 1)
+        assert shown == repr(prompt)
+        saved = tmp_path / path
+        assert saved.parent == tmp_path / "celery-images" and saved.suffix == ".jpg"
+        connection = http.client.HTTPConnection(
+            "127.0.0.1", celery_emulator.port, timeout=seconds(10)
+        )
+        try:
+            connection.request("GET", f"/image/{saved.name}")
+            assert saved.read_bytes() == connection.getresponse().read()
+        finally:
+            connection.close()

@@ -496,6 +496,19 @@ def test_pickle_keeps_bytes_already_read(image_server: _ImageServer) -> None:
     assert image_server.requests == ["/a.png"]
 
 
+def test_pickling_does_not_wait_for_a_read_in_progress() -> None:
+    """Pickling an image whose bytes another thread is fetching (its lock held) returns
+    at once, without bytes."""
+    image = Image(UUID, url="http://127.0.0.1:1/never.png")
+    payloads: list[bytes] = []
+    with image._content._lock:  # what a read in progress holds
+        thread = threading.Thread(target=lambda: payloads.append(pickle.dumps(image)), daemon=True)
+        thread.start()
+        thread.join(seconds(5))
+        assert not thread.is_alive()
+    assert pickle.loads(payloads[0])._content.cached is False
+
+
 def test_unpickled_result_downloads_after_its_client_closed(emulator: Emulator) -> None:
     """An unread result pickled, then unpickled after its client closed, reads its bytes."""
     with make_client(emulator) as client:
