@@ -285,3 +285,15 @@ def test_the_example_producer_saves_the_images_of_its_prompts(
             assert saved.read_bytes() == connection.getresponse().read()
         finally:
             connection.close()
+
+
+def test_a_task_the_server_fails_fails_at_the_producer_with_its_error(
+    redis_url: str, celery_emulator: Emulator, worker: _Worker
+) -> None:
+    """A task the server fails raises at the producer, through JSON, an error naming
+    TaskError with its task UUID, error id and message."""
+    celery_emulator.fail_next_task(500, "injected failure")
+    with pytest.raises(Exception, match=r"TaskError.*errorId 500\): injected failure") as info:
+        _send(redis_url, [("a lighthouse", 1, False)])
+    (task,) = [f["newTask"] for f in celery_emulator.received_frames() if "newTask" in f]
+    assert f"task {task['taskUUID']} failed" in str(info.value)

@@ -26,6 +26,14 @@ with ``Image.from_dict()``. With ``include_data=True`` the worker downloads the
 image and the dict carries its bytes (base64, a third larger than the file);
 otherwise the producer downloads it from its URL when it reads it.
 
+**Errors.** A task whose call raises (``TaskError``, ``RequestTimeoutError``...) fails,
+and ``result.get()`` raises at the producer. Celery's JSON serialiser keeps only an
+exception's type name and arguments, and rebuilds it as a plain ``Exception`` when
+the type cannot be made from them, as is the case of the library's: its message
+names the type and carries the task UUID, error id and server message. (The
+library's exceptions do pickle: with a pickle result serialiser, on a broker you
+trust, they arrive as themselves.)
+
 **Billing and redelivery.** Every task sent to the server is generated and billed.
 This app keeps Celery's default of acknowledging a task when a worker takes it
 (``task_acks_late=False``): a worker that dies mid-task loses that task, which
