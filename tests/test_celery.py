@@ -162,8 +162,12 @@ class _Worker:
 
 
 @pytest.fixture
-def worker(redis_url: str, celery_emulator: Emulator) -> Iterator[_Worker]:
-    """``celery -A celery_app worker --pool=prefork`` on the broker and the emulator."""
+def worker(
+    request: pytest.FixtureRequest, redis_url: str, celery_emulator: Emulator
+) -> Iterator[_Worker]:
+    """``celery -A celery_app worker --pool=prefork`` (or the pool given as the fixture's
+    parameter) on the broker and the emulator."""
+    pool = getattr(request, "param", "prefork")
     if importlib.util.find_spec("celery") is None:
         _missing("Celery is not installed (pip install -e '.[test]')")
     env = {
@@ -176,7 +180,7 @@ def worker(redis_url: str, celery_emulator: Emulator) -> Iterator[_Worker]:
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "celery_app", "worker",
-         "--pool=prefork", f"--concurrency={CONCURRENCY}", "--loglevel=INFO",
+         f"--pool={pool}", f"--concurrency={CONCURRENCY}", "--loglevel=INFO",
          "--without-gossip", "--without-mingle", "--without-heartbeat",
          f"--hostname=test-{uuid.uuid4().hex[:8]}@localhost"],
         cwd=EXAMPLES, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -297,3 +301,19 @@ def test_a_task_the_server_fails_fails_at_the_producer_with_its_error(
         _send(redis_url, [("a lighthouse", 1, False)])
     (task,) = [f["newTask"] for f in celery_emulator.received_frames() if "newTask" in f]
     assert f"task {task['taskUUID']} failed" in str(info.value)
+
+
+@pytest.mark.parametrize("worker", ["threads"], indirect=True)
+def test_a_threads_pool_shares_one_client_and_closes_it(
+    redis_url: str, celery_emulator: Emulator, worker: _Worker
+) -> None:
+    """With the threads pool every task uses the worker's one client, closed when it stops."""
+    jobs = [(f"a kite, take {n}", 2000 + n, False) for n in range(9)]
+    results = _send(redis_url, jobs)
+    assert len({items[0]["uuid"] for items in results}) == len(jobs)
+    assert len(celery_emulator.session_uuids()) == 1
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(seconds(30)) == 0
+    assert celery_emulator.wait_for(lambda: celery_emulator.connection_count == 0, seconds(10))
+    closed = [line for line in worker.output.text().splitlines() if "client closed" in line]
+    assert len(closed) == 1, worker.output.text()

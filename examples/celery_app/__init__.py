@@ -17,7 +17,8 @@ store (default: Redis on 127.0.0.1:6379, database 0).
 worker's main process, which never makes a client: each pool process makes its
 own on its first task (:func:`client`), keeps it for every later task (a
 client is thread-safe and reconnects by itself), and closes it when the process
-exits (``worker_process_shutdown``). Connecting in ``worker_process_init`` would
+exits (``worker_process_shutdown``; ``worker_shutdown`` for the ``threads`` and
+``solo`` pools, whose tasks run in the main process and share its one client). Connecting in ``worker_process_init`` would
 work too, but Celery kills a pool process whose init takes over 4 seconds.
 
 **Results travel as dicts.** A task returns ``Image.to_dict()`` for each image,
@@ -52,7 +53,7 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_shutdown, worker_shutdown
 
 from diffusionmaster import Client
 
@@ -93,9 +94,10 @@ def client() -> Client:
         return _client
 
 
-@worker_process_shutdown.connect
-def _close_client(pid: int | None = None, **_: Any) -> None:
-    """Close this process's client as the pool process exits."""
+@worker_process_shutdown.connect  # a prefork pool process exits
+@worker_shutdown.connect  # the worker stops (the solo and threads pools run tasks in it)
+def _close_client(**_: Any) -> None:
+    """Close this process's client, if it made one."""
     global _client
     with _client_lock:
         if _client is not None:
