@@ -14,12 +14,13 @@ service, and leave ``DIFFUSIONMASTER_URL`` unset), a worker, then send tasks::
 store (default: Redis on 127.0.0.1:6379, database 0).
 
 **One client per worker process.** The prefork pool forks its processes from the
-worker's main process, which never makes a client: each pool process makes its
-own on its first task (:func:`client`), keeps it for every later task (a
-client is thread-safe and reconnects by itself), and closes it when the process
-exits (``worker_process_shutdown``; ``worker_shutdown`` for the ``threads`` and
-``solo`` pools, whose tasks run in the main process and share its one client). Connecting in ``worker_process_init`` would
-work too, but Celery kills a pool process whose init takes over 4 seconds.
+worker's main process, which never makes a client: each pool process makes its own
+on its first task (:func:`client`), keeps it for every later task (a client is
+thread-safe and reconnects by itself), and closes it when the process exits
+(``worker_process_shutdown``; ``worker_shutdown`` for the ``threads`` and ``solo``
+pools, whose tasks run in the main process and share its one client). Connecting
+in ``worker_process_init`` would work too, but Celery kills a pool process whose
+init takes over 4 seconds.
 
 **Results travel as dicts.** A task returns ``Image.to_dict()`` for each image,
 JSON that Celery's default serialiser carries; the producer rebuilds each image
@@ -36,13 +37,16 @@ library's exceptions do pickle: with a pickle result serialiser, on a broker you
 trust, they arrive as themselves.)
 
 **Billing and redelivery.** Every task sent to the server is generated and billed.
-This app keeps Celery's default of acknowledging a task when a worker takes it
-(``task_acks_late=False``): a worker that dies mid-task loses that task, which
-is not run again. With ``task_acks_late=True`` (or ``task_reject_on_worker_lost``)
-the broker redelivers a task whose worker died or lost its connection before
-acknowledging it; the redelivered task generates, and is billed, a second time,
-and so does a task whose visibility timeout passes while it is still running.
-Turn it on only if a lost task costs you more than a paid duplicate.
+This app keeps Celery's default, early acknowledgement (``task_acks_late=False``):
+the broker forgets a task as a worker starts it, so a worker killed mid-task loses
+that task rather than running it twice. With ``task_acks_late=True`` a task
+is acknowledged only when it ends: if its worker is killed or its machine stops
+(or, with ``task_reject_on_worker_lost=True``, its pool process dies), the broker
+delivers it again, and on Redis so does a task still running when the visibility
+timeout (one hour by default) passes. **A redelivered task generates, and is
+billed, a second time.** (On Redis, a task with an ETA or countdown further away
+than the visibility timeout is redelivered too, with or without ``acks_late``.)
+Turn ``acks_late`` on only if a lost task costs you more than a paid duplicate.
 """
 
 from __future__ import annotations
