@@ -231,8 +231,9 @@ def test_unparsable_argument(capsys: pytest.CaptureFixture[str]) -> None:
     """A value argparse cannot parse exits 2 with one line."""
     assert main(["generate", "x", "--size", "big"]) == 2
     assert _one_error_line(capsys) == (
-        "argument --size: expected WIDTHxHEIGHT such as 512x768, got 'big' "
-        "(see diffusionmaster generate --help)"
+        "argument --size: unsupported size 'big'; supported (width, height): 512x512, "
+        "512x768, 512x1024, 768x512, 1024x512, 704x512, 896x512, 512x896, 512x704, "
+        "1024x1024, 1344x768, 768x1344, 640x960, 960x640 (see diffusionmaster generate --help)"
     )
 
 
@@ -400,10 +401,13 @@ def test_verbose_logs_to_stderr(tmp_path: Path) -> None:
 
 
 def test_help_lists_the_exit_codes() -> None:
-    """--help exits 0 and documents the exit codes."""
+    """--help exits 0 and ends with a table that has one row per exit code."""
     result = _python("--help")
     assert result.returncode == 0
-    assert "3 key refused" in " ".join(result.stdout.split())
+    table = result.stdout.split("exit codes:\n")[1]
+    rows = [line.split()[0] for line in table.splitlines() if not line.startswith("     ")]
+    assert rows == [str(code) for code in EXIT_CODES.values()]
+    assert "  3    the server refused the API key\n" in table
 
 
 def test_version_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
