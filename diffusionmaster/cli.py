@@ -513,7 +513,8 @@ def _emulator(args: argparse.Namespace) -> int:
         raise
     except OSError as exc:
         raise CommandError(
-            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+            f"cannot listen on {args.host}:{args.port}: "
+            + (os.strerror(exc.errno) if exc.errno else str(exc)),
             EXIT_CODES["failure"],
         ) from exc
     return 0
