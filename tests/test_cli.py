@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import diffusionmaster
+from diffusionmaster import cli
 from diffusionmaster.cli import EXIT_CODES, main
 from diffusionmaster.testing import Emulator
 
@@ -757,3 +758,30 @@ def test_v_logs_a_resume(
     assert f" INFO diffusionmaster.supervisor: session {session} resumed\n" in (
         capsys.readouterr().err
     )
+
+
+def test_readme_lists_every_exit_code() -> None:
+    """The README's exit code table has one row per code of EXIT_CODES, in order."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Command line\n")[1].split("\n## ")[0]
+    table = section.split("| code | meaning |\n|---|---|\n")[1].split("\n\n")[0]
+    assert [row.split("|")[1].strip() for row in table.splitlines()] == [
+        str(code) for code in EXIT_CODES.values()
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "preprocessor", "guide", "weight"),
+    [
+        ("canny:edges.png", "canny", "edges.png", 1.0),
+        ("canny:edges.png:0.8", "canny", "edges.png", 0.8),
+        ("depth_midas:https://example.org:8080/a.png", "depth_midas", "https://example.org:8080/a.png", 1.0),
+        ("openpose:https://example.org/a.png:0.5", "openpose", "https://example.org/a.png", 0.5),
+    ],
+)  # fmt: skip
+def test_controlnet_argument_keeps_the_colons_of_urls(
+    text: str, preprocessor: str, guide: str, weight: float
+) -> None:
+    """PREPROCESSOR:IMAGE[:WEIGHT] splits the preprocessor off the front and a number off
+    the end, leaving a URL's own colons in the image."""
+    assert cli._controlnet(text) == diffusionmaster.ControlNet(preprocessor, guide, weight)
