@@ -534,7 +534,8 @@ def _common_options(parser: argparse.ArgumentParser, default: Callable[[Any], An
         "--verbose",
         action="count",
         default=default(0),
-        help="log to stderr (-v: INFO, -vv: DEBUG)",
+        help="log to stderr: -v the connection and session (INFO), -vv each task too "
+        "(DEBUG), -vvv the embedded emulator's records as well",
     )
 
 
@@ -777,18 +778,28 @@ def _parser() -> argparse.ArgumentParser:
 # -- main -------------------------------------------------------------------------------
 
 
+def _quiet_emulator(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not record.name.startswith(
+        "diffusionmaster.testing"
+    )
+
+
 @contextlib.contextmanager
 def _logging(verbosity: int, stream: IO[str]) -> Iterator[None]:
     """Route the library's log records for the duration of one command.
 
     Quiet by default: a NullHandler keeps Python's last-resort handler from printing
-    warnings next to the one-line error. ``-v`` logs INFO, ``-vv`` DEBUG, on stderr.
+    warnings next to the one-line error. ``-v`` logs INFO, ``-vv`` DEBUG, on stderr: the
+    client's own work. The embedded emulator (``--emulator``, ``demo``) logs its
+    warnings only, unless ``-vvv`` asks for its INFO and DEBUG records too.
     """
     logger = logging.getLogger("diffusionmaster")
     handler: logging.Handler
     if verbosity:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        if verbosity < 3:
+            handler.addFilter(_quiet_emulator)
     else:
         handler = logging.NullHandler()
     old_level = logger.level

@@ -396,11 +396,20 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
     assert (result.returncode, result.stderr) == (0, "")
 
 
-def test_verbose_logs_to_stderr(tmp_path: Path) -> None:
-    """-vv logs the library's DEBUG records to stderr."""
-    result = _python("generate", "x", "--emulator", "-vv", "-o", str(tmp_path))
+def test_vvv_logs_the_embedded_emulator(tmp_path: Path) -> None:
+    """-vvv adds the embedded emulator's DEBUG records to the client's."""
+    result = _python("generate", "x", "--emulator", "-vvv", "-o", str(tmp_path))
     assert result.returncode == 0
     assert " DEBUG diffusionmaster.testing.emulator: emulator listening on ws://" in result.stderr
+    assert " DEBUG diffusionmaster.supervisor: sent text2img task " in result.stderr
+
+
+def test_vv_leaves_the_embedded_emulator_out(tmp_path: Path) -> None:
+    """With --emulator, -vv logs the client's records and none of the emulator's."""
+    result = _python("generate", "x", "--emulator", "-vv", "-o", str(tmp_path))
+    loggers = {line.split()[3] for line in result.stderr.splitlines()}
+    assert result.returncode == 0
+    assert loggers == {"diffusionmaster.supervisor:"}
 
 
 def test_help_lists_the_exit_codes() -> None:
