@@ -200,7 +200,7 @@ def _library_check(check: Callable[[str, object], T], name: str) -> Callable[[st
 
     def parse(text: str) -> T:
         try:
-            return check(name, int(text) if text.isdigit() else text)
+            return check(name, int(text) if text.isascii() and text.isdigit() else text)
         except InvalidArgumentError as exc:
             raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{name}: ")) from None
 
