@@ -725,8 +725,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("image", help="the source image: a file or an image UUID")
     sub.add_argument("preprocessor", help="one of " + ", ".join(sorted(tables.PREPROCESSOR_TYPES)))
-    sub.add_argument("--width", type=int, help="output width, 1 to 2048 (default: the source's)")
-    sub.add_argument("--height", type=int, help="output height, 1 to 2048 (default: the source's)")
+    sub.add_argument(
+        "--width", type=int, metavar="W", help="output width, 1 to 2048 (default: the source's)"
+    )
+    sub.add_argument(
+        "--height", type=int, metavar="H", help="output height, 1 to 2048 (default: the source's)"
+    )
     sub.add_argument("--low-threshold", type=int, metavar="N", help="canny: low threshold, 0-255")
     sub.add_argument("--high-threshold", type=int, metavar="N", help="canny: high threshold, 0-255")
     sub.add_argument(
@@ -755,7 +759,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("upload", _upload, "upload an image and print its UUID", client=True)
     sub.add_argument("image", help="a PNG, JPEG or WEBP file")
 
-    sub = command("demo", _demo, "generate images against an embedded emulator", client=False)
+    sub = command(
+        "demo",
+        _demo,
+        "generate placeholder images on an embedded emulator (no key, no network)",
+        client=False,
+    )
     sub.add_argument(
         "--prompt", default="a lighthouse on a cliff at dawn, oil painting", help="what to draw"
     )
