@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import json
+import logging
 import os
 import pty
 import select
@@ -745,11 +746,25 @@ def test_vv_never_logs_the_key_or_base64(emulator: Emulator, tmp_path: Path) -> 
     assert [p for p in payloads if p in err] == []
 
 
+class _Resumed(logging.Handler):
+    """Sets an event when the supervisor logs that a session was resumed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().endswith(" resumed"):
+            self.event.set()
+
+
 def test_v_logs_a_resume(
     emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """-v logs at INFO that the session was resumed after a dropped connection."""
     emulator.withhold_frames()
+    resumed = _Resumed()
+    logging.getLogger("diffusionmaster.supervisor").addHandler(resumed)
     codes: list[int] = []
     runner = threading.Thread(
         target=lambda: codes.append(_run(emulator, "generate", "x", "-v", "-o", str(tmp_path)))
@@ -758,10 +773,12 @@ def test_v_logs_a_resume(
     try:
         assert emulator.wait_for(lambda: bool(_frames(emulator, "newTask")), seconds(5))
         emulator.drop_connections()
-        assert emulator.wait_for(lambda: emulator.connections_opened == 2, seconds(10))
+        # The result is held until the resume is logged: the command is still running then.
+        assert resumed.event.wait(seconds(10))
     finally:
         emulator.release_frames()
         runner.join(seconds(10))
+        logging.getLogger("diffusionmaster.supervisor").removeHandler(resumed)
     assert codes == [0]
     (session,) = emulator.session_uuids()
     assert f" INFO diffusionmaster.supervisor: session {session} resumed\n" in (
