@@ -863,7 +863,7 @@ def _fail(
     message = " ".join(message.split())
     print("diffusionmaster: error: " + message, file=sys.stderr)
     if as_json:
-        kind = next(name for name, value in EXIT_CODES.items() if value == code)
+        kind = next((name for name, value in EXIT_CODES.items() if value == code), "failure")
         error = {"exit_code": code, "kind": kind, "message": message, **_error_details(exc)}
         with contextlib.suppress(BrokenPipeError):
             _print_json({"error": error})
