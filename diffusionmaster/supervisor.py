@@ -223,6 +223,7 @@ class Supervisor:
         with self._start_lock:
             if self._started:
                 return
+            logger.info("connecting to %s", self._url)
             try:
                 transport, session_uuid = authenticate(
                     self._url, self._api_key, None, timeout=self._connect_timeout,
@@ -403,7 +404,9 @@ class Supervisor:
                             unsent.owner.state = "connection"
                 self._send_failed(conn, exc)
                 return
-            logger.debug("sent %s task %s", call.kind, call.task_uuid)
+            logger.debug(
+                "sent %s task %s: %d result(s) expected", call.kind, call.task_uuid, call.expected
+            )
 
     # -- internals: receiving --------------------------------------------------------------
 
