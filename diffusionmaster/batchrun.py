@@ -155,17 +155,17 @@ def read_tasks(path: Path) -> list[Task]:
         ) from exc
     rows = _csv_rows(text) if path.suffix.lower() == ".csv" else _jsonl_rows(text)
     parsed: list[Task] = []
-    problems: list[str] = []
+    problems: list[tuple[int, str]] = []
     for line, row in rows:
         try:
             if isinstance(row, _LineError):
                 raise row
             parsed.append(_task(line, row))
         except _LineError as exc:
-            problems.append(f"{path}:{line}: {exc}")
-    problems += _duplicate_ids(path, parsed)
+            problems.append((line, str(exc)))
+    problems += _duplicate_ids(parsed)
     if problems:
-        raise TaskFileError(problems)
+        raise TaskFileError([f"{path}:{line}: {why}" for line, why in sorted(problems)])
     if not parsed:
         raise cli.CommandError(f"no tasks in {str(path)!r}", EXIT_CODES["usage"])
     return _with_ids(parsed)
@@ -304,17 +304,13 @@ def _option(name: str, value: Any) -> Any:
     return value
 
 
-def _duplicate_ids(path: Path, parsed: list[Task]) -> list[str]:
+def _duplicate_ids(parsed: list[Task]) -> list[tuple[int, str]]:
     first: dict[str, int] = {}
     problems = []
     for task in parsed:
-        if not task.id:
-            continue
         if task.id in first:
-            problems.append(
-                f"{path}:{task.line}: id {task.id!r} is already used on line {first[task.id]}"
-            )
-        else:
+            problems.append((task.line, f"id {task.id!r} is already used on line {first[task.id]}"))
+        elif task.id:
             first[task.id] = task.line
     return problems
 
@@ -475,6 +471,11 @@ def _progress_bar(total: int) -> Any:
     return tqdm.tqdm(total=total, unit="task", desc="batch", file=sys.stderr)
 
 
+def _print_flushed(line: str) -> None:
+    # Flushed at once, so that a pipe reader sees each path as its task ends.
+    print(line, flush=True)
+
+
 @contextlib.contextmanager
 def _first_interrupt_stops(stop: threading.Event) -> Iterator[None]:
     """The first Ctrl-C sets ``stop`` (in-flight tasks finish); the second interrupts.
@@ -553,7 +554,7 @@ def _send(
     pending = iter(todo)
     running: dict[Future[Any], Task] = {}
     bar = _progress_bar(len(todo))
-    write: Callable[[str], None] = print if bar is None else bar.write
+    write: Callable[[str], None] = _print_flushed if bar is None else bar.write
     with cli._client(args) as client, _first_interrupt_stops(stop):
         batch = client.batch(max_in_flight=args.max_in_flight)
         try:
