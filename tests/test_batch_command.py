@@ -4,6 +4,7 @@ including runs interrupted (SIGINT, SIGKILL) and resumed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -57,10 +58,8 @@ def _manifest(out: Path) -> list[dict[str, Any]]:
     lines = (out / MANIFEST).read_text(encoding="utf-8").splitlines()
     records = []
     for line in lines:
-        try:
+        with contextlib.suppress(ValueError):  # a line cut short by SIGKILL
             records.append(json.loads(line))
-        except ValueError:
-            pass  # a line cut short by SIGKILL
     return records
 
 
