@@ -5,13 +5,18 @@ including runs interrupted (SIGINT, SIGKILL) and resumed."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import pty
 import queue
 import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 from collections import Counter
 from pathlib import Path
@@ -478,3 +483,40 @@ def test_a_run_killed_with_sigkill_is_resumed_without_resending_recorded_tasks(
     assert sorted(r["id"] for r in _manifest(tmp_path / "out")) == sorted(
         f"t{i}" for i in range(30)
     )
+
+
+# -- progress ------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_progress_bar_with_running_cost_on_a_terminal(tmp_path: Path) -> None:
+    """With stderr on a terminal, a tqdm bar shows the tasks done, the rate and the cost."""
+    pytest.importorskip("tqdm")
+    tasks = _write_tasks(tmp_path / "t.jsonl", _prompts(3))
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    chunks: list[bytes] = []
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "diffusionmaster", "batch", str(tasks), "--emulator"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=slave,
+        )
+        os.close(slave)
+        while select.select([master], [], [], SUBPROCESS_TIMEOUT)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the program closed its end
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        code = proc.wait(SUBPROCESS_TIMEOUT)
+    finally:
+        os.close(master)
+    err = b"".join(chunks).decode("utf-8", "replace")
+    assert code == 0
+    assert "3/3" in err
+    assert "task/s" in err
+    assert "cost 0.0039" in err
