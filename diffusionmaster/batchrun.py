@@ -25,42 +25,36 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import enum
-import hashlib
 import importlib
-import io
 import json
 import os
 import queue
-import re
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import attrs
 
-from . import cli, tables, tasks
+from . import cli
+from ._taskfile import Task, TaskFileError, read_tasks
 from .errors import (
     AuthenticationError,
     ConnectionFailedError,
     DiffusionMasterError,
-    InvalidArgumentError,
     SessionExpiredError,
 )
-from .generation import GenerationOptions
-from .models import ControlNet, Lora
+from .models import Image
 
 if TYPE_CHECKING:
+    from .batch import Batch
     from .client import Client
-    from .models import Image
 
-__all__ = ["EXIT_CODES", "MANIFEST", "add_parser"]
+__all__ = ["EXIT_CODES", "MANIFEST", "add_parser", "read_manifest", "read_tasks"]
 
 #: The name of the manifest inside the output folder.
 MANIFEST = "manifest.jsonl"
@@ -80,275 +74,8 @@ EPILOG = (
     "sent, 130 interrupted"
 )
 
-#: The options a task line may hold: those of text2img, but the callback.
-OPTIONS = tuple(name for name in GenerationOptions.__annotations__ if name != "on_image")
-_BOOLEANS = {"use_cache", "check_nsfw", "prompt_weighting", "return_base64"}
-_INTEGERS = {"number_results", "steps", "seed", "clip_skip", "language_id", "offset"}
-_NUMBERS = {"guidance", "timeout"}
-_TABLES: dict[str, type[enum.IntEnum]] = {
-    "model": tables.Model,
-    "scheduler": tables.Scheduler,
-    "style": tables.Style,
-    "size": tables.Size,
-}
-_WXH = re.compile(r"([0-9]+)[xX]([0-9]+)")
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 #: How many bad lines are listed before "and N more".
 _MAX_LISTED = 20
-
-
-# -- the task file ---------------------------------------------------------------------
-
-
-@attrs.frozen
-class Task:
-    """One checked task of the file.
-
-    Attributes:
-        id: its id: the file's, or made from its content (see :func:`read_tasks`).
-        line: its line number in the file (1 is the first line; the CSV header is 1).
-        prompt: the prompt.
-        options: the keyword options for ``Client.text2img``.
-        stem: the start of its image file names: safe characters only.
-    """
-
-    id: str
-    line: int
-    prompt: str
-    options: dict[str, Any]
-    stem: str = ""
-
-
-class TaskFileError(cli.CommandError):
-    """Bad lines in a task file (exit code 2).
-
-    Attributes:
-        problems: one message per bad line, each starting with ``FILE:LINE:``.
-    """
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__(f"{len(problems)} bad task line(s); nothing was sent", EXIT_CODES["usage"])
-        self.problems = problems
-
-
-class _LineError(Exception):
-    """A task line that cannot run; the message says why."""
-
-
-def read_tasks(path: Path) -> list[Task]:
-    """Read and check every task of a JSONL or CSV file; nothing is sent.
-
-    A task without an ``id`` gets one made of its content (``t-`` and 12 hex digits
-    of a hash of its prompt and options, ``-2``, ``-3``... for repeats), so editing
-    other lines of the file leaves it the same.
-
-    Raises:
-        TaskFileError: some lines are bad (all are listed, each with its line number).
-        cli.CommandError: the file cannot be read, or holds no task (exit code 2).
-    """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise cli.CommandError(
-            f"cannot read the task file {str(path)!r}: {detail}", EXIT_CODES["usage"]
-        ) from exc
-    rows = _csv_rows(text) if path.suffix.lower() == ".csv" else _jsonl_rows(text)
-    parsed: list[Task] = []
-    problems: list[tuple[int, str]] = []
-    for line, row in rows:
-        try:
-            if isinstance(row, _LineError):
-                raise row
-            parsed.append(_task(line, row))
-        except _LineError as exc:
-            problems.append((line, str(exc)))
-    problems += _duplicate_ids(parsed)
-    if problems:
-        raise TaskFileError([f"{path}:{line}: {why}" for line, why in sorted(problems)])
-    if not parsed:
-        raise cli.CommandError(f"no tasks in {str(path)!r}", EXIT_CODES["usage"])
-    return _with_ids(parsed)
-
-
-def _jsonl_rows(text: str) -> Iterator[tuple[int, dict[str, Any] | _LineError]]:
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            yield number, _LineError(f"not JSON: {exc}")
-            continue
-        if not isinstance(row, dict):
-            yield number, _LineError(f"expected a JSON object, got {type(row).__name__}")
-            continue
-        yield number, row
-
-
-def _csv_rows(text: str) -> Iterator[tuple[int, dict[str, Any] | _LineError]]:
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader)
-    except StopIteration:
-        return
-    except csv.Error as exc:
-        yield 1, _LineError(f"unreadable CSV header: {exc}")
-        return
-    header = [name.strip() for name in header]
-    unknown = [name for name in header if name not in ("id", "prompt", *OPTIONS)]
-    if unknown or "prompt" not in header:
-        why = f"unknown column(s) {unknown}" if unknown else "no 'prompt' column"
-        allowed = ", ".join(("id", "prompt", *OPTIONS))
-        yield 1, _LineError(f"{why}; the columns are: {allowed}")
-        return
-    while True:
-        try:
-            cells = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            yield reader.line_num, _LineError(f"unreadable CSV: {exc}")
-            return
-        if not any(cell.strip() for cell in cells):
-            continue
-        if len(cells) != len(header):
-            yield reader.line_num, _LineError(f"{len(cells)} cells for {len(header)} columns")
-            continue
-        try:
-            row = {
-                name: _from_cell(name, cell)
-                for name, cell in zip(header, cells, strict=True)
-                if cell.strip() or name == "prompt"
-            }
-        except _LineError as exc:
-            yield reader.line_num, exc
-            continue
-        yield reader.line_num, row
-
-
-def _from_cell(name: str, cell: str) -> Any:
-    """A CSV cell as the JSON value it stands for (the checks come later)."""
-    value = cell.strip()
-    if name in ("id", "prompt", "negative_prompt"):
-        return cell
-    if name in ("lora", "controlnet"):
-        try:
-            return json.loads(value)
-        except ValueError as exc:
-            raise _LineError(f"{name}: expected a JSON list of objects: {exc}") from None
-    if name in _BOOLEANS:
-        lowered = value.lower()
-        if lowered in ("true", "yes", "1"):
-            return True
-        if lowered in ("false", "no", "0"):
-            return False
-        return value  # refused by the check, with the allowed values
-    if re.fullmatch(r"-?[0-9]+", value):
-        return int(value)
-    if name in _NUMBERS:
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _task(line: int, row: Mapping[str, Any]) -> Task:
-    unknown = sorted(set(row) - {"id", "prompt", *OPTIONS})
-    if unknown:
-        raise _LineError(f"unknown option(s) {unknown}; allowed: id, prompt, {', '.join(OPTIONS)}")
-    task_id = row.get("id")
-    if task_id is not None:
-        if isinstance(task_id, bool) or not isinstance(task_id, (str, int)):
-            raise _LineError(f"id: must be a string or an integer, got {task_id!r}")
-        task_id = str(task_id)
-        if not task_id.strip():
-            raise _LineError("id: must not be empty")
-    if "prompt" not in row:
-        raise _LineError("no 'prompt'")
-    prompt = row["prompt"]
-    options = {name: _option(name, row[name]) for name in OPTIONS if name in row}
-    try:
-        tasks.text2img(prompt, **options)  # the client's own checks: nothing is sent
-    except InvalidArgumentError as exc:
-        raise _LineError(str(exc)) from None
-    except (TypeError, ValueError) as exc:
-        raise _LineError(str(exc)) from None
-    return Task(task_id if task_id is not None else "", line, prompt, options)
-
-
-def _option(name: str, value: Any) -> Any:
-    """A JSON value in the form ``text2img`` takes: ``"512x768"``, table names,
-    and LoRA and ControlNet objects are converted; anything else is left to its check."""
-    if isinstance(value, str) and name in _TABLES:
-        if name == "size" and (match := _WXH.fullmatch(value.strip())):
-            return int(match[1]), int(match[2])
-        member = _TABLES[name].__members__.get(value.strip().upper())
-        if member is not None:
-            return member
-        return value
-    if name == "size" and isinstance(value, list):
-        return tuple(value)
-    if name in ("lora", "controlnet") and isinstance(value, list):
-        kind: Any = Lora if name == "lora" else ControlNet
-        items = []
-        for i, item in enumerate(value):
-            if not isinstance(item, dict):
-                raise _LineError(f"{name}[{i}]: expected a JSON object, got {item!r}")
-            try:
-                items.append(kind(**item))
-            except TypeError as exc:
-                raise _LineError(f"{name}[{i}]: {exc}") from None
-        return items
-    return value
-
-
-def _duplicate_ids(parsed: list[Task]) -> list[tuple[int, str]]:
-    first: dict[str, int] = {}
-    problems = []
-    for task in parsed:
-        if task.id in first:
-            problems.append((task.line, f"id {task.id!r} is already used on line {first[task.id]}"))
-        elif task.id:
-            first[task.id] = task.line
-    return problems
-
-
-def _content_id(task: Task) -> str:
-    canonical = json.dumps(
-        {"prompt": task.prompt, **task.options}, sort_keys=True, default=repr
-    ).encode("utf-8")
-    return "t-" + hashlib.sha256(canonical).hexdigest()[:12]
-
-
-def _with_ids(parsed: list[Task]) -> list[Task]:
-    """Give tasks without an id one made from their content, and every task a stem."""
-    used = {task.id for task in parsed if task.id}
-    named: list[Task] = []
-    for task in parsed:
-        task_id = task.id
-        if not task_id:
-            base = task_id = _content_id(task)
-            repeat = 1
-            while task_id in used:
-                repeat += 1
-                task_id = f"{base}-{repeat}"
-            used.add(task_id)
-        named.append(attrs.evolve(task, id=task_id))
-    # File names: the id's safe characters; an id that had others, or whose name would
-    # clash with another's (also on case-insensitive file systems), gets a hash suffix.
-    safe = {task.id: _UNSAFE.sub("_", task.id)[:80] for task in named}
-    seen: dict[str, int] = {}
-    for name in safe.values():
-        seen[name.casefold()] = seen.get(name.casefold(), 0) + 1
-    out = []
-    for task in named:
-        stem = safe[task.id]
-        if stem != task.id or seen[stem.casefold()] > 1:
-            stem = f"{stem}-{hashlib.sha256(task.id.encode('utf-8')).hexdigest()[:8]}"
-        out.append(attrs.evolve(task, stem=stem))
-    return out
 
 
 # -- the manifest ----------------------------------------------------------------------
@@ -424,10 +151,11 @@ class _Tally:
     earlier_failed: list[str] = attrs.field(factory=list)
     images: int = 0
     cost: Decimal = Decimal(0)
+    to_send: int = 0
     sent: int = 0
     stopped: str | None = None  # "max_cost", "interrupted", or a fatal error's message
 
-    def summary(self, to_send: int) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         return {
             "total": self.total,
             "done": self.done,
@@ -435,7 +163,7 @@ class _Tally:
             "failed": len(self.failed),
             "session_expired": sum(f["status"] == "session_expired" for f in self.failed),
             "failed_earlier": len(self.earlier_failed),
-            "not_sent": to_send - self.sent,
+            "not_sent": self.to_send - self.sent,
             "images": self.images,
             "cost": float(self.cost),
             "stopped": self.stopped,
@@ -449,15 +177,39 @@ def _error_record(exc: BaseException) -> dict[str, Any]:
         message = cli._describe(exc)[1]
     return {
         "type": type(exc).__name__,
-        "message": message,
+        "message": " ".join(message.split()),
         "error_id": getattr(exc, "error_id", None),
     }
 
 
-def _cost(image: Image) -> Decimal:
+def _cost(value: object) -> Decimal:
     # repr() is the shortest text that reads back as the same float: the number the
     # server wrote, so costs add up exactly (as in diffusionmaster.usage).
-    return Decimal(repr(image.cost)) if image.cost is not None else Decimal(0)
+    return Decimal(repr(value)) if isinstance(value, (int, float)) else Decimal(0)
+
+
+def _images_of(record: Mapping[str, Any]) -> list[Image]:
+    """The images a ``received`` record lists, to download again.
+
+    Raises:
+        ValueError: the record lists no image with a URL (edited by hand?).
+    """
+    images = []
+    for entry in record.get("images") or ():
+        if not (isinstance(entry, dict) and isinstance(entry.get("url"), str)):
+            raise ValueError("its manifest line lists no URL to download its images from")
+        images.append(Image(str(entry.get("uuid")), entry["url"], record.get("task_uuid")))
+    if not images:
+        raise ValueError("its manifest line lists no images")
+    return images
+
+
+def _save_all(images: list[Image], folder: Path, stem: str, timeout: float | None) -> list[str]:
+    """Download and write the images of one task as ``<stem>-<n>.<ext>``; runs on the pool."""
+    return [
+        str(cli._save(image, folder / f"{stem}-{number}", timeout))
+        for number, image in enumerate(images, 1)
+    ]
 
 
 def _progress_bar(total: int) -> Any:
@@ -513,143 +265,207 @@ def _run(args: argparse.Namespace) -> int:
         for problem in exc.problems[:_MAX_LISTED]:
             print(f"diffusionmaster: {problem}", file=sys.stderr)
         if len(exc.problems) > _MAX_LISTED:
-            print(
-                f"diffusionmaster: ... and {len(exc.problems) - _MAX_LISTED} more", file=sys.stderr
-            )
-        raise
+            more = len(exc.problems) - _MAX_LISTED
+            print(f"diffusionmaster: ... and {more} more", file=sys.stderr)
+        raise cli.CommandError(str(exc), EXIT_CODES["usage"]) from exc
     folder = cli._output_folder(args)
     manifest_path = folder / MANIFEST
     records, warnings = read_manifest(manifest_path)
     for warning in warnings:
         print(f"diffusionmaster: warning: {warning}", file=sys.stderr)
     tally = _Tally(total=len(task_list))
-    todo = []
+    todo: list[Task] = []
+    fetch: list[tuple[Task, dict[str, Any]]] = []
     for task in task_list:
-        status = records.get(task.id, {}).get("status")
+        record = records.get(task.id)
+        status = None if record is None else record.get("status")
         if status == "done":
             tally.already_done += 1
+        elif status == "received":
+            assert record is not None
+            fetch.append((task, record))  # paid for: download, never send again
         elif status is not None and not args.retry_failed:
             tally.earlier_failed.append(task.id)
         else:
             todo.append(task)
-    if todo:
+    tally.to_send = len(todo)
+    code = 0
+    if todo or fetch:
         writer = _ManifestWriter(manifest_path)
         try:
-            code = _send(args, todo, folder, writer, tally)
+            with cli._client(args) as client:
+                code = _Runner(args, client, folder, writer, tally).run(todo, fetch)
         finally:
             writer.close()
-    else:
-        code = 0
-    return _finish(args, tally, len(todo), manifest_path, code)
+    return _finish(args, tally, manifest_path, code)
 
 
-def _send(
-    args: argparse.Namespace, todo: list[Task], folder: Path, writer: _ManifestWriter,
-    tally: _Tally,
-) -> int:  # fmt: skip
-    """Send the tasks with at most --max-in-flight in flight; record each as it ends."""
-    stop = threading.Event()
-    fatal: DiffusionMasterError | None = None
-    ended: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
-    pending = iter(todo)
-    running: dict[Future[Any], Task] = {}
-    bar = _progress_bar(len(todo))
-    write: Callable[[str], None] = _print_flushed if bar is None else bar.write
-    with cli._client(args) as client, _first_interrupt_stops(stop):
-        batch = client.batch(max_in_flight=args.max_in_flight)
+class _Runner:
+    """One run: sends the tasks, saves their images, writes the manifest.
+
+    Everything here runs in the calling thread but the downloads, which run on a small
+    pool (``diffusionmaster-batch-save``); the Futures of both end in one queue that
+    the calling thread reads, so the manifest and the tally have a single writer.
+
+    Each task gets a ``received`` line as soon as its results arrive (they are paid for:
+    a later run downloads them again rather than sending the task), then a ``done``
+    line once its images are saved.
+    """
+
+    def __init__(
+        self, args: argparse.Namespace, client: Client, folder: Path, writer: _ManifestWriter,
+        tally: _Tally,
+    ) -> None:  # fmt: skip
+        self.args = args
+        self.client = client
+        self.folder = folder
+        self.writer = writer
+        self.tally = tally
+        self.stop = threading.Event()
+        self.fatal: tuple[int, str] | None = None
+        self.ended: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
+        self.running: dict[Future[Any], Task] = {}  # tasks sent, results not yet in
+        self.saving: dict[Future[Any], tuple[Task, dict[str, Any]]] = {}
+        self.bar: Any = None
+        self.write: Callable[[str], None] = _print_flushed
+
+    def run(self, todo: list[Task], fetch: list[tuple[Task, dict[str, Any]]]) -> int:
+        """Run ``todo`` and download what ``fetch`` records; return the exit code."""
+        self.bar = _progress_bar(len(todo) + len(fetch))
+        if self.bar is not None:
+            self.write = self.bar.write
+        batch = self.client.batch(max_in_flight=self.args.max_in_flight)
+        pool = ThreadPoolExecutor(
+            max_workers=min(8, self.args.max_in_flight),
+            thread_name_prefix="diffusionmaster-batch-save",
+        )
+        finished = False
         try:
-
-            def fill() -> None:
-                # New tasks go out only while nothing says stop; a task is submitted
-                # only when there is room, so the Batch sends it at once.
-                while len(running) < args.max_in_flight and not stop.is_set():
-                    if args.max_cost is not None and tally.cost >= args.max_cost:
-                        tally.stopped = tally.stopped or "max_cost"
-                        return
-                    task = next(pending, None)
-                    if task is None:
-                        return
-                    future = batch.submit(client.text2img, task.prompt, **task.options)
-                    running[future] = task
-                    tally.sent += 1
-                    future.add_done_callback(ended.put)
-
-            fill()
-            while running:
-                future = ended.get()
-                task = running.pop(future)
-                error = _record(client, future, task, folder, writer, tally, args, write)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix_str(f"cost {tally.cost}", refresh=False)
-                if isinstance(error, (AuthenticationError, ConnectionFailedError)):
-                    # Every further task would fail the same way: send no more.
-                    fatal = fatal or error
-                    stop.set()
-                fill()
+            with _first_interrupt_stops(self.stop):
+                for task, earlier in fetch:
+                    record = {**earlier, "id": task.id, "line": task.line}
+                    try:
+                        images = _images_of(record)
+                    except ValueError as exc:
+                        self._failed(task, {**record, "status": "received"}, exc)
+                        continue
+                    self._save(pool, task, record, images)
+                pending = iter(todo)
+                self._fill(batch, pending)
+                while self.running or self.saving:
+                    future = self.ended.get()
+                    if future in self.running:
+                        self._received(pool, future, self.running.pop(future))
+                    else:
+                        self._saved(future, *self.saving.pop(future))
+                    self._fill(batch, pending)
+            finished = True
         finally:
             batch.cancel()
-            if bar is not None:
-                bar.close()
-    if fatal is not None:
-        code, message = cli._describe(fatal)
-        tally.stopped = message
-        return code
-    if stop.is_set():
-        tally.stopped = "interrupted"
-        return EXIT_CODES["interrupted"]
-    return 0
+            # After a second Ctrl-C, do not wait for downloads under way.
+            pool.shutdown(wait=finished, cancel_futures=True)
+            if self.bar is not None:
+                self.bar.close()
+        if self.fatal is not None:
+            self.tally.stopped = self.fatal[1]
+            return self.fatal[0]
+        if self.stop.is_set():
+            self.tally.stopped = "interrupted"
+            return EXIT_CODES["interrupted"]
+        return 0
 
+    def _fill(self, batch: Batch, pending: Iterator[Task]) -> None:
+        # A task is submitted only when there is room, so the Batch sends it at once,
+        # and only while nothing says stop: the cost cap, Ctrl-C, a fatal error.
+        max_cost = self.args.max_cost
+        while len(self.running) < self.args.max_in_flight and not self.stop.is_set():
+            if max_cost is not None and self.tally.cost >= max_cost:
+                self.tally.stopped = "max_cost"
+                return
+            task = next(pending, None)
+            if task is None:
+                return
+            future = batch.submit(self.client.text2img, task.prompt, **task.options)
+            self.running[future] = task
+            self.tally.sent += 1
+            future.add_done_callback(self.ended.put)
 
-def _record(
-    client: Client, future: Future[Any], task: Task, folder: Path, writer: _ManifestWriter,
-    tally: _Tally, args: argparse.Namespace, write: Callable[[str], None],
-) -> BaseException | None:  # fmt: skip
-    """Save the images of an ended task and append its manifest line; return its error."""
-    record: dict[str, Any] = {"id": task.id, "line": task.line, "status": "done"}
-    error: BaseException | None = None
-    if future.cancelled():
-        return None
-    error = future.exception()
-    images: list[Image] = [] if error is not None else future.result()
-    entries = []
-    paths = []
-    for number, image in enumerate(images, 1):
-        entry = {"uuid": image.uuid, "url": image.url, "cost": image.cost, "path": None}
-        entries.append(entry)
-        tally.cost += _cost(image)
-        tally.images += 1
-        if error is None:
-            try:
-                saved = cli._save(image, folder / f"{task.stem}-{number}", args.timeout)
-                entry["path"] = str(saved)
-                paths.append(str(saved))
-            except DiffusionMasterError as exc:
-                error = exc
-    task_uuid = images[0].task_uuid if images else getattr(error, "task_uuid", None)
-    record["task_uuid"] = task_uuid
-    record["images"] = entries
-    record["cost"] = float(sum((_cost(i) for i in images), Decimal(0)))
-    if error is not None:
-        record["status"] = "session_expired" if isinstance(error, SessionExpiredError) else "failed"
+    def _received(self, pool: ThreadPoolExecutor, future: Future[Any], task: Task) -> None:
+        record: dict[str, Any] = {"id": task.id, "line": task.line}
+        error = future.exception()
+        if error is not None:
+            status = "session_expired" if isinstance(error, SessionExpiredError) else "failed"
+            record.update(status=status, task_uuid=getattr(error, "task_uuid", None))
+            record.update(images=[], cost=0.0)
+            self._failed(task, record, error)
+            if isinstance(error, (AuthenticationError, ConnectionFailedError)):
+                # Every further task would fail the same way: send no more.
+                self._fatal(cli._describe(error))
+            return
+        images: list[Image] = future.result()
+        cost = sum((_cost(image.cost) for image in images), Decimal(0))
+        self.tally.cost += cost
+        self.tally.images += len(images)
+        record.update(
+            status="received",
+            task_uuid=images[0].task_uuid if images else None,
+            images=[{"uuid": i.uuid, "url": i.url, "cost": i.cost, "path": None} for i in images],
+            cost=float(cost),
+            error=None,
+        )
+        self.writer.append(record)  # paid for: recorded before any download
+        self._save(pool, task, record, images)
+
+    def _save(
+        self, pool: ThreadPoolExecutor, task: Task, record: dict[str, Any], images: list[Image]
+    ) -> None:
+        future = pool.submit(_save_all, images, self.folder, task.stem, self.args.timeout)
+        self.saving[future] = (task, record)
+        future.add_done_callback(self.ended.put)
+
+    def _saved(self, future: Future[Any], task: Task, record: dict[str, Any]) -> None:
+        error = future.exception()
+        if error is not None:
+            # The results stay recorded as received: the next run downloads them again.
+            self._failed(task, {**record, "status": "received"}, error)
+            if isinstance(error, cli.CommandError):  # the folder cannot be written
+                self._fatal((error.code, str(error)))
+            return
+        paths: list[str] = future.result()
+        images = [
+            {**entry, "path": path} for entry, path in zip(record["images"], paths, strict=True)
+        ]
+        self.writer.append({**record, "status": "done", "images": images, "error": None})
+        self.tally.done += 1
+        self._advance()
+        if not self.args.json:
+            for path in paths:
+                self.write(path)
+
+    def _failed(self, task: Task, record: dict[str, Any], error: BaseException) -> None:
         record["error"] = _error_record(error)
-        tally.failed.append({"id": task.id, "status": record["status"], **record["error"]})
-        print(f"diffusionmaster: task {task.id!r} (line {task.line}) failed: "
-              f"{record['error']['message']}", file=sys.stderr)  # fmt: skip
-    else:
-        record["error"] = None
-        tally.done += 1
-    writer.append(record)
-    if not args.json:
-        for path in paths:
-            write(path)
-    return error
+        self.writer.append(record)
+        self.tally.failed.append({"id": task.id, "status": record["status"], **record["error"]})
+        what = "images not saved" if record["status"] == "received" else "failed"
+        print(
+            f"diffusionmaster: task {task.id!r} (line {task.line}) {what}: "
+            f"{record['error']['message']}",
+            file=sys.stderr,
+        )
+        self._advance()
+
+    def _fatal(self, failure: tuple[int, str]) -> None:
+        self.fatal = self.fatal or failure
+        self.stop.set()
+
+    def _advance(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"cost {self.tally.cost}", refresh=False)
+            self.bar.update(1)
 
 
-def _finish(
-    args: argparse.Namespace, tally: _Tally, to_send: int, manifest: Path, code: int
-) -> int:
-    summary = tally.summary(to_send)
+def _finish(args: argparse.Namespace, tally: _Tally, manifest: Path, code: int) -> int:
+    summary = tally.summary()
     summary["manifest"] = str(manifest)
     if code == 0:
         if tally.failed or tally.earlier_failed:
@@ -672,8 +488,8 @@ def _finish(
         why = "--max-cost reached" if tally.stopped == "max_cost" else "stopped"
         parts.append(f"{summary['not_sent']} not sent ({why})")
     print(
-        f"diffusionmaster: batch: {', '.join(parts)}; {tally.images} images, cost {tally.cost}; "
-        f"manifest {manifest}",
+        f"diffusionmaster: batch: {', '.join(parts)}; {tally.images} images, "
+        f"cost {tally.cost}; manifest {manifest}",
         file=sys.stderr,
     )
     return code

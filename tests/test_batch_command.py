@@ -18,6 +18,7 @@ import subprocess
 import sys
 import termios
 import threading
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import IO, Any
@@ -68,14 +69,19 @@ def _manifest(out: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _final(out: Path) -> dict[str, dict[str, Any]]:
+    """The last manifest record of each id (the one that counts)."""
+    return {record["id"]: record for record in _manifest(out)}
+
+
 # -- a run ---------------------------------------------------------------------------
 
 
 def test_every_task_is_saved_and_recorded(
     emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Each task's images are saved as <id>-<n>.jpg and its manifest line holds its task
-    UUID, image UUIDs, URLs, paths and cost."""
+    """Each task gets a received line when its results arrive, then a done line with its
+    task UUID, image UUIDs, URLs, paths (<id>-<n>.jpg) and cost once they are saved."""
     tasks = _write_tasks(
         tmp_path / "tasks.jsonl",
         [{"id": "fox", "prompt": "a fox"}, {"id": "owl", "prompt": "an owl", "number_results": 2}],
@@ -83,8 +89,16 @@ def test_every_task_is_saved_and_recorded(
     out = tmp_path / "out"
     assert _batch(emulator, tasks, out) == 0
     sent = {task["promptText"]: task["taskUUID"] for task in _sent(emulator)}
-    records = {r["id"]: r for r in _manifest(out)}
-    assert sorted(records) == ["fox", "owl"]
+    lines = [(r["id"], r["status"]) for r in _manifest(out)]
+    assert sorted(lines) == [
+        ("fox", "done"),
+        ("fox", "received"),
+        ("owl", "done"),
+        ("owl", "received"),
+    ]
+    assert lines.index(("fox", "received")) < lines.index(("fox", "done"))
+    assert lines.index(("owl", "received")) < lines.index(("owl", "done"))
+    records = _final(out)
     for task_id, prompt, count in (("fox", "a fox", 1), ("owl", "an owl", 2)):
         record = records[task_id]
         assert (record["status"], record["error"], record["task_uuid"]) == (
@@ -183,6 +197,33 @@ def test_json_prints_a_summary_object(
     }
 
 
+def test_results_received_but_not_saved_are_downloaded_not_sent_again(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A task whose last line says received (the process died before its images were
+    saved) is not sent again: the next run downloads its images from the recorded URLs."""
+    tasks = _write_tasks(tmp_path / "t.jsonl", _prompts(3))
+    out = tmp_path / "out"
+    assert _batch(emulator, tasks, out) == 0
+    lines = (out / MANIFEST).read_text(encoding="utf-8").splitlines()
+    received = [line for line in lines if json.loads(line)["status"] == "received"]
+    (out / MANIFEST).write_text("\n".join(received) + "\n", encoding="utf-8")
+    for image in out.glob("*.jpg"):
+        image.unlink()
+    emulator.clear_received()
+    assert _batch(emulator, tasks, out) == 0
+    assert _sent(emulator) == []
+    final = _final(out)
+    assert {task_id: r["status"] for task_id, r in final.items()} == dict.fromkeys(
+        ("t0", "t1", "t2"), "done"
+    )
+    for task_id, record in final.items():
+        (image,) = record["images"]
+        assert image["path"] == str(out / f"{task_id}-1.jpg")
+        with urllib.request.urlopen(image["url"], timeout=seconds(10)) as response:
+            assert Path(image["path"]).read_bytes() == response.read()
+
+
 # -- bad input -----------------------------------------------------------------------
 
 
@@ -235,7 +276,10 @@ def test_csv_tasks(emulator: Emulator, tmp_path: Path) -> None:
     fox, owl = by_prompt["a fox, at dawn"], by_prompt["an owl"]
     assert (fox["sizeId"], fox["seed"], fox["checkNsfw"], fox["modelId"]) == (2, 7, True, 4)
     assert ("seed" in owl, "checkNsfw" in owl, owl["sizeId"]) == (False, False, 1)
-    assert sorted(r["id"] for r in _manifest(out)) == ["a", "b"]
+    assert {task_id: r["status"] for task_id, r in _final(out).items()} == {
+        "a": "done",
+        "b": "done",
+    }
 
 
 def test_csv_bad_cells_are_reported_with_their_line(
@@ -325,7 +369,9 @@ def test_a_failed_task_is_recorded_and_retried_only_on_request(
     assert _sent_prompts(emulator) == ["prompt 0"]
     assert [(r["id"], r["status"]) for r in _manifest(out)] == [
         ("t0", "failed"),
+        ("t1", "received"),
         ("t1", "done"),
+        ("t0", "received"),
         ("t0", "done"),
     ]
 
@@ -350,7 +396,7 @@ def test_an_expired_session_is_reported_and_retried_with_retry_failed(
         emulator.release_frames()
         runner.join(seconds(30))
     assert codes == [EXIT_CODES["tasks_failed"]]
-    statuses = {r["id"]: r["status"] for r in _manifest(out)}
+    statuses = {task_id: r["status"] for task_id, r in _final(out).items()}
     assert statuses == {
         "t0": "session_expired",
         "t1": "session_expired",
@@ -421,7 +467,7 @@ def _start(emu: Emulator, tasks: Path, out: Path) -> subprocess.Popen[str]:
 
 def _interrupt(emu: Emulator, tmp_path: Path, how: signal.Signals) -> tuple[int, list[str]]:
     """Start a 30-task batch in a subprocess, send it ``how`` after three tasks are
-    recorded, and return its exit code and the ids its manifest then records."""
+    saved, and return its exit code and the ids its manifest then records (once each)."""
     emu.latency = seconds(0.05)
     tasks = _write_tasks(tmp_path / "t.jsonl", _prompts(30))
     out = tmp_path / "out"
@@ -446,14 +492,14 @@ def _interrupt(emu: Emulator, tmp_path: Path, how: signal.Signals) -> tuple[int,
         stderr.join()
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
-    return code, [r["id"] for r in _manifest(out)]
+    return code, list(_final(out))
 
 
 def test_a_run_stopped_with_sigint_is_resumed_without_sending_any_task_twice(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     """Ctrl-C lets the tasks in flight finish and be recorded (exit 130); the re-run sends
-    only the rest, so every task is sent once and recorded once."""
+    only the rest, so every task is sent once and recorded done once."""
     code, recorded = _interrupt(emulator, tmp_path, signal.SIGINT)
     assert code == EXIT_CODES["interrupted"] == 130
     assert 3 <= len(recorded) < 30
@@ -461,16 +507,15 @@ def test_a_run_stopped_with_sigint_is_resumed_without_sending_any_task_twice(
     emulator.latency = 0
     assert _batch(emulator, tmp_path / "t.jsonl", tmp_path / "out") == 0
     assert Counter(_sent_prompts(emulator)) == Counter(f"prompt {i}" for i in range(30))
-    assert sorted(r["id"] for r in _manifest(tmp_path / "out")) == sorted(
-        f"t{i}" for i in range(30)
-    )
+    done = [r["id"] for r in _manifest(tmp_path / "out") if r["status"] == "done"]
+    assert sorted(done) == sorted(f"t{i}" for i in range(30))
 
 
 def test_a_run_killed_with_sigkill_is_resumed_without_resending_recorded_tasks(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     """After SIGKILL the re-run sends no task the manifest records, and the final manifest
-    has every id exactly once."""
+    has a done line for every id, exactly once."""
     code, recorded = _interrupt(emulator, tmp_path, signal.SIGKILL)
     assert code == -signal.SIGKILL
     assert 3 <= len(recorded) < 30
@@ -480,9 +525,8 @@ def test_a_run_killed_with_sigkill_is_resumed_without_resending_recorded_tasks(
     assert {task_id: sent[f"prompt {task_id[1:]}"] for task_id in recorded} == dict.fromkeys(
         recorded, 1
     )
-    assert sorted(r["id"] for r in _manifest(tmp_path / "out")) == sorted(
-        f"t{i}" for i in range(30)
-    )
+    done = [r["id"] for r in _manifest(tmp_path / "out") if r["status"] == "done"]
+    assert sorted(done) == sorted(f"t{i}" for i in range(30))
 
 
 # -- progress ------------------------------------------------------------------------------
