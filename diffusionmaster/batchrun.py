@@ -12,10 +12,15 @@ optional ``id``. Every line is checked with the client's own checks before anyth
 is sent; bad lines are reported with their line numbers (exit code 2).
 
 Images are saved under DIR as ``<id>-<n>.<ext>`` (the id's letters, digits, ``-`` and
-``_`` only), and one line per task is appended to ``DIR/manifest.jsonl`` and flushed
-as each task ends. A second run of the same command skips every task the manifest
-records; tasks recorded as failed (a server error, a timeout, a lost session) are
-sent again only with ``--retry-failed``, since the server may have billed them.
+``_`` only). ``DIR/manifest.jsonl`` gets a ``received`` line for a task as soon as its
+results arrive (with its task UUID, image UUIDs, URLs and cost), then a ``done`` line
+with the paths once its images are saved, or a ``failed`` or ``session_expired`` line
+with the error; each line is flushed at once, and the last line of an id counts.
+
+A second run of the same command skips the tasks recorded as done, downloads the
+images of those recorded as received (paid for: never sent again), and sends the
+rest but those recorded as failed, which may have been billed: ``--retry-failed``
+sends them again.
 
 Ctrl-C stops sending new tasks and waits for those in flight (their results are
 paid for); a second Ctrl-C abandons them.
@@ -85,7 +90,10 @@ def read_manifest(path: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The last record of each task id in a manifest, and warnings about lines skipped.
 
     A line cut short by a crash (the last one) or otherwise unreadable is skipped with
-    a warning: its task runs again.
+    a warning, so the record before it (if any) counts for its task.
+
+    Raises:
+        cli.CommandError: the manifest exists but cannot be read (exit code 1).
     """
     records: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
