@@ -170,6 +170,28 @@ def test_ids_never_place_files_outside_the_folder(emulator: Emulator, tmp_path: 
     assert "plain-id-1.jpg" in files  # a safe, unique id keeps its own name
 
 
+def test_max_in_flight_bounds_the_tasks_on_the_wire(emulator: Emulator, tmp_path: Path) -> None:
+    """With --max-in-flight 3 and every result held back, three tasks are sent and no
+    fourth, until results arrive."""
+    tasks = _write_tasks(tmp_path / "t.jsonl", _prompts(8))
+    emulator.withhold_frames()
+    codes: list[int] = []
+    runner = threading.Thread(
+        target=lambda: codes.append(
+            _batch(emulator, tasks, tmp_path / "out", "--max-in-flight", "3")
+        )
+    )
+    runner.start()
+    try:
+        assert emulator.wait_for(lambda: len(_sent(emulator)) >= 3, seconds(10))
+        assert not emulator.wait_for(lambda: len(_sent(emulator)) > 3, seconds(0.5))
+    finally:
+        emulator.release_frames()
+        runner.join(seconds(30))
+    assert codes == [0]
+    assert sorted(_sent_prompts(emulator)) == sorted(f"prompt {i}" for i in range(8))
+
+
 def test_json_prints_a_summary_object(
     emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
