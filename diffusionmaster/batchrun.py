@@ -38,7 +38,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -213,7 +213,7 @@ def _images_of(record: Mapping[str, Any]) -> list[Image]:
 
 
 def _save_all(images: list[Image], folder: Path, stem: str, timeout: float | None) -> list[str]:
-    """Download and write the images of one task as ``<stem>-<n>.<ext>``; runs on the pool."""
+    """Download and write the images of one task as ``<stem>-<n>.<ext>`` (on a worker)."""
     return [
         str(cli._save(image, folder / f"{stem}-{number}", timeout))
         for number, image in enumerate(images, 1)
@@ -311,9 +311,10 @@ def _run(args: argparse.Namespace) -> int:
 class _Runner:
     """One run: sends the tasks, saves their images, writes the manifest.
 
-    Everything here runs in the calling thread but the downloads, which run on a small
-    pool (``diffusionmaster-batch-save``); the Futures of both end in one queue that
-    the calling thread reads, so the manifest and the tally have a single writer.
+    Everything here runs in the calling thread but the downloads, which run on the
+    client's worker threads (``Client.submit``); the Futures of tasks and downloads end
+    in one queue that the calling thread reads, so the manifest and the tally have a
+    single writer.
 
     Each task gets a ``received`` line as soon as its results arrive (they are paid for:
     a later run downloads them again rather than sending the task), then a ``done``
@@ -343,11 +344,6 @@ class _Runner:
         if self.bar is not None:
             self.write = self.bar.write
         batch = self.client.batch(max_in_flight=self.args.max_in_flight)
-        pool = ThreadPoolExecutor(
-            max_workers=min(8, self.args.max_in_flight),
-            thread_name_prefix="diffusionmaster-batch-save",
-        )
-        finished = False
         try:
             with _first_interrupt_stops(self.stop):
                 for task, earlier in fetch:
@@ -357,21 +353,18 @@ class _Runner:
                     except ValueError as exc:
                         self._failed(task, {**record, "status": "received"}, exc)
                         continue
-                    self._save(pool, task, record, images)
+                    self._save(task, record, images)
                 pending = iter(todo)
                 self._fill(batch, pending)
                 while self.running or self.saving:
                     future = self.ended.get()
                     if future in self.running:
-                        self._received(pool, future, self.running.pop(future))
+                        self._received(future, self.running.pop(future))
                     else:
                         self._saved(future, *self.saving.pop(future))
                     self._fill(batch, pending)
-            finished = True
         finally:
             batch.cancel()
-            # After a second Ctrl-C, do not wait for downloads under way.
-            pool.shutdown(wait=finished, cancel_futures=True)
             if self.bar is not None:
                 self.bar.close()
         if self.fatal is not None:
@@ -398,7 +391,7 @@ class _Runner:
             self.tally.sent += 1
             future.add_done_callback(self.ended.put)
 
-    def _received(self, pool: ThreadPoolExecutor, future: Future[Any], task: Task) -> None:
+    def _received(self, future: Future[Any], task: Task) -> None:
         record: dict[str, Any] = {"id": task.id, "line": task.line}
         error = future.exception()
         if error is not None:
@@ -422,12 +415,10 @@ class _Runner:
             error=None,
         )
         self.writer.append(record)  # paid for: recorded before any download
-        self._save(pool, task, record, images)
+        self._save(task, record, images)
 
-    def _save(
-        self, pool: ThreadPoolExecutor, task: Task, record: dict[str, Any], images: list[Image]
-    ) -> None:
-        future = pool.submit(_save_all, images, self.folder, task.stem, self.args.timeout)
+    def _save(self, task: Task, record: dict[str, Any], images: list[Image]) -> None:
+        future = self.client.submit(_save_all, images, self.folder, task.stem, self.args.timeout)
         self.saving[future] = (task, record)
         future.add_done_callback(self.ended.put)
 
