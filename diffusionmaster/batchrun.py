@@ -55,6 +55,8 @@ from .errors import (
 )
 from .models import Image
 
+if sys.platform != "win32":
+    import fcntl
 if TYPE_CHECKING:
     from .batch import Batch
     from .client import Client
@@ -121,28 +123,51 @@ def read_manifest(path: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
 
 
 class _ManifestWriter:
-    """Appends one JSON line per record, flushed at once. Not thread-safe (main thread)."""
+    """Appends one JSON line per record, flushed at once. Not thread-safe (main thread).
+
+    It holds an exclusive lock on the manifest (POSIX ``flock``) while open, so that
+    two runs on one folder cannot both send the tasks it lacks: open it before reading.
+    """
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         try:
             self._file: IO[str] = path.open("a+", encoding="utf-8")
+        except OSError as exc:
+            raise self._error(exc) from exc
+        try:
+            if sys.platform != "win32":
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             # A crash may have cut the last line short: start ours on a line of its own.
             if self._file.tell() > 0:
                 self._file.seek(self._file.tell() - 1)
                 if self._file.read(1) != "\n":
                     self._file.write("\n")
-        except OSError as exc:
+        except BlockingIOError as exc:
+            self._file.close()
             raise cli.CommandError(
-                f"cannot write the manifest {str(path)!r}: {exc.strerror or exc}",
+                f"another batch is running on {str(path.parent)!r} (its manifest is locked)",
                 EXIT_CODES["failure"],
             ) from exc
+        except OSError as exc:
+            self._file.close()
+            raise self._error(exc) from exc
+
+    def _error(self, exc: OSError) -> cli.CommandError:
+        return cli.CommandError(
+            f"cannot write the manifest {str(self._path)!r}: {exc.strerror or exc}",
+            EXIT_CODES["failure"],
+        )
 
     def append(self, record: Mapping[str, Any]) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            raise self._error(exc) from exc
 
     def close(self) -> None:
-        self._file.close()
+        self._file.close()  # and so the lock is released
 
 
 # -- running ---------------------------------------------------------------------------
@@ -278,7 +303,19 @@ def _run(args: argparse.Namespace) -> int:
         raise cli.CommandError(str(exc), EXIT_CODES["usage"]) from exc
     folder = cli._output_folder(args)
     manifest_path = folder / MANIFEST
-    records, warnings = read_manifest(manifest_path)
+    writer = _ManifestWriter(manifest_path)
+    try:
+        code, tally = _resume(args, task_list, folder, writer)
+    finally:
+        writer.close()
+    return _finish(args, tally, manifest_path, code)
+
+
+def _resume(
+    args: argparse.Namespace, task_list: list[Task], folder: Path, writer: _ManifestWriter
+) -> tuple[int, _Tally]:
+    """Sort the tasks by what the manifest says of them, and run what is left."""
+    records, warnings = read_manifest(folder / MANIFEST)
     for warning in warnings:
         print(f"diffusionmaster: warning: {warning}", file=sys.stderr)
     tally = _Tally(total=len(task_list))
@@ -297,15 +334,10 @@ def _run(args: argparse.Namespace) -> int:
         else:
             todo.append(task)
     tally.to_send = len(todo)
-    code = 0
-    if todo or fetch:
-        writer = _ManifestWriter(manifest_path)
-        try:
-            with cli._client(args) as client:
-                code = _Runner(args, client, folder, writer, tally).run(todo, fetch)
-        finally:
-            writer.close()
-    return _finish(args, tally, manifest_path, code)
+    if not (todo or fetch):
+        return 0, tally
+    with cli._client(args) as client:
+        return _Runner(args, client, folder, writer, tally).run(todo, fetch), tally
 
 
 class _Runner:

@@ -246,6 +246,25 @@ def test_results_received_but_not_saved_are_downloaded_not_sent_again(
             assert Path(image["path"]).read_bytes() == response.read()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="the manifest lock is POSIX flock")
+def test_a_run_on_a_folder_another_run_holds_is_refused(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While another process holds the manifest's lock, a run exits 1 and sends nothing."""
+    tasks = _write_tasks(tmp_path / "t.jsonl", _prompts(2))
+    out = tmp_path / "out"
+    out.mkdir()
+    with (out / MANIFEST).open("a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        assert _batch(emulator, tasks, out) == EXIT_CODES["failure"] == 1
+    assert capsys.readouterr().err == (
+        f"diffusionmaster: error: another batch is running on {str(out)!r} "
+        "(its manifest is locked)\n"
+    )
+    assert emulator.connections_opened == 0
+    assert _batch(emulator, tasks, out) == 0  # the lock is free again
+
+
 # -- bad input -----------------------------------------------------------------------
 
 
