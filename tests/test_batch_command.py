@@ -246,6 +246,27 @@ def test_results_received_but_not_saved_are_downloaded_not_sent_again(
             assert Path(image["path"]).read_bytes() == response.read()
 
 
+def test_images_that_cannot_be_written_stay_received_and_are_saved_by_the_next_run(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """When an image file cannot be written the run stops (exit 1) with the task recorded
+    as received; the next run saves its images without sending it again."""
+    tasks = _write_tasks(tmp_path / "t.jsonl", _prompts(1))
+    out = tmp_path / "out"
+    (out / "t0-1.jpg").mkdir(parents=True)  # in the way of the image file
+    assert _batch(emulator, tasks, out) == EXIT_CODES["failure"] == 1
+    first, record = _manifest(out)
+    assert (first["status"], first["error"]) == ("received", None)
+    assert (record["status"], record["error"]["type"]) == ("received", "CommandError")
+    assert "task 't0' (line 1) images not saved: cannot write into" in capsys.readouterr().err
+    (out / "t0-1.jpg").rmdir()
+    emulator.clear_received()
+    assert _batch(emulator, tasks, out) == 0
+    assert _sent(emulator) == []
+    assert _final(out)["t0"]["images"][0]["path"] == str(out / "t0-1.jpg")
+    assert (out / "t0-1.jpg").read_bytes().startswith(b"\xff\xd8")
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="the manifest lock is POSIX flock")
 def test_a_run_on_a_folder_another_run_holds_is_refused(
     emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
