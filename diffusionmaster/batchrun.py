@@ -216,9 +216,13 @@ def _error_record(exc: BaseException) -> dict[str, Any]:
 
 
 def _cost(value: object) -> Decimal:
+    # A cost that is not a finite number (a hostile or broken server) counts as 0.
     # repr() is the shortest text that reads back as the same float: the number the
     # server wrote, so costs add up exactly (as in diffusionmaster.usage).
-    return Decimal(repr(value)) if isinstance(value, (int, float)) else Decimal(0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return Decimal(0)
+    cost = Decimal(repr(value))
+    return cost if cost.is_finite() else Decimal(0)
 
 
 def _images_of(record: Mapping[str, Any]) -> list[Image]:
@@ -442,7 +446,10 @@ class _Runner:
         record.update(
             status="received",
             task_uuid=images[0].task_uuid if images else None,
-            images=[{"uuid": i.uuid, "url": i.url, "cost": i.cost, "path": None} for i in images],
+            images=[
+                {"uuid": i.uuid, "url": i.url, "cost": float(_cost(i.cost)), "path": None}
+                for i in images
+            ],
             cost=float(cost),
             error=None,
         )
