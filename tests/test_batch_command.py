@@ -25,6 +25,8 @@ from typing import IO, Any
 
 import pytest
 
+from diffusionmaster import ControlNet, Lora
+from diffusionmaster._taskfile import TaskFileError
 from diffusionmaster.batchrun import EXIT_CODES, MANIFEST, read_manifest, read_tasks
 from diffusionmaster.cli import main
 from diffusionmaster.testing import Emulator
@@ -365,6 +367,25 @@ def test_ids_without_an_id_are_stable_when_other_lines_change(tmp_path: Path) ->
     assert [t.id for t in one] == [t.id for t in two[1:]]
     assert one[1].id == one[0].id + "-2"
     assert one[0].id.startswith("t-") and len(one[0].id) == 14
+
+
+def test_lora_and_controlnet_objects_become_their_classes(tmp_path: Path) -> None:
+    """lora and controlnet lists of JSON objects become Lora and ControlNet; an unknown
+    field is a bad line naming the item."""
+    row = {
+        "prompt": "x",
+        "lora": [{"model": "civitai:1@2", "weight": 0.5}],
+        "controlnet": [{"preprocessor": "canny", "guide_image": "https://example.com/a.png"}],
+    }
+    (task,) = read_tasks(_write_tasks(tmp_path / "a.jsonl", [row]))
+    assert task.options["lora"] == [Lora("civitai:1@2", 0.5)]
+    assert task.options["controlnet"] == [ControlNet("canny", "https://example.com/a.png")]
+    bad = _write_tasks(tmp_path / "b.jsonl", [{"prompt": "x", "lora": [{"modle": "a"}]}])
+    with pytest.raises(TaskFileError) as info:
+        read_tasks(bad)
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{bad}:1: lora[0]: ")
+    assert "modle" in problem
 
 
 def test_a_manifest_line_cut_short_is_skipped_and_not_continued(
