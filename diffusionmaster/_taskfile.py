@@ -9,7 +9,6 @@ that a bad line is reported, with its number, before anything is sent.
 from __future__ import annotations
 
 import csv
-import enum
 import hashlib
 import io
 import json
@@ -20,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from . import tables, tasks
+from . import tasks
 from .errors import InvalidArgumentError
 from .generation import GenerationOptions
 from .models import ControlNet, Lora
@@ -32,13 +31,6 @@ OPTIONS = tuple(name for name in GenerationOptions.__annotations__ if name != "o
 _BOOLEANS = {"use_cache", "check_nsfw", "prompt_weighting", "return_base64"}
 _INTEGERS = {"number_results", "steps", "seed", "clip_skip", "language_id", "offset"}
 _NUMBERS = {"guidance", "timeout"}
-_TABLES: dict[str, type[enum.IntEnum]] = {
-    "model": tables.Model,
-    "scheduler": tables.Scheduler,
-    "style": tables.Style,
-    "size": tables.Size,
-}
-_WXH = re.compile(r"([0-9]+)[xX]([0-9]+)")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -223,17 +215,9 @@ def _task(line: int, row: Mapping[str, Any]) -> Task:
 
 
 def _option(name: str, value: Any) -> Any:
-    """A JSON value in the form ``text2img`` takes: ``"512x768"``, table names,
-    and LoRA and ControlNet objects are converted; anything else is left to its check."""
-    if isinstance(value, str) and name in _TABLES:
-        if name == "size" and (match := _WXH.fullmatch(value.strip())):
-            return int(match[1]), int(match[2])
-        member = _TABLES[name].__members__.get(value.strip().upper())
-        if member is not None:
-            return member
-        return value
-    if name == "size" and isinstance(value, list):
-        return tuple(value)
+    """A JSON value in the form ``text2img`` takes: LoRA and ControlNet objects become
+    :class:`Lora` and :class:`ControlNet`; anything else (``"512x768"``, model names...)
+    is the library's to check, in the one spelling it shares with the command line."""
     if name in ("lora", "controlnet") and isinstance(value, list):
         kind: Any = Lora if name == "lora" else ControlNet
         items = []

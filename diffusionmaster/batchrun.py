@@ -36,6 +36,7 @@ import os
 import queue
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
@@ -74,12 +75,14 @@ EXIT_CODES = {
 }
 
 HELP = "run the text-to-image tasks of a JSONL or CSV file (resumable)"
-EPILOG = (
-    "exit codes: 0 every task done, 1 other failure, 2 bad usage or bad task lines "
-    "(nothing sent), 3 key refused, 4 connection failed, 8 some tasks failed "
-    "(see the manifest; --retry-failed), 9 --max-cost reached before every task was "
-    "sent, 130 interrupted"
-)
+_BATCH_EXITS = (
+    (0, "every task of the file is done (in this run or an earlier one)"),
+    (2, "a bad command line or argument, bad task lines (each listed with its line "
+        "number), a malformed --url, or no API key; nothing was sent"),
+    (8, "some tasks failed, in this run or (not retried) an earlier one: see the "
+        "manifest, and --retry-failed"),
+    (9, "--max-cost was reached before every task was sent"),
+)  # fmt: skip
 
 #: How many bad lines are listed before "and N more".
 _MAX_LISTED = 20
@@ -260,11 +263,6 @@ def _progress_bar(total: int) -> Any:
     return tqdm.tqdm(total=total, unit="task", desc="batch", file=sys.stderr)
 
 
-def _print_flushed(line: str) -> None:
-    # Flushed at once, so that a pipe reader sees each path as its task ends.
-    print(line, flush=True)
-
-
 @contextlib.contextmanager
 def _first_interrupt_stops(stop: threading.Event) -> Iterator[None]:
     """The first Ctrl-C sets ``stop`` (in-flight tasks finish); the second interrupts.
@@ -372,7 +370,8 @@ class _Runner:
         self.running: dict[Future[Any], Task] = {}  # tasks sent, results not yet in
         self.saving: dict[Future[Any], tuple[Task, dict[str, Any]]] = {}
         self.bar: Any = None
-        self.write: Callable[[str], None] = _print_flushed
+        self.write: Callable[[str], None] = cli._print_line
+        self.output_closed = False
 
     def run(self, todo: list[Task], fetch: list[tuple[Task, dict[str, Any]]]) -> int:
         """Run ``todo`` and download what ``fetch`` records; return the exit code."""
@@ -406,6 +405,9 @@ class _Runner:
         if self.fatal is not None:
             self.tally.stopped = self.fatal[1]
             return self.fatal[0]
+        if self.output_closed:
+            self.tally.stopped = "output_closed"
+            return cli._output_closed()
         if self.stop.is_set():
             self.tally.stopped = "interrupted"
             return EXIT_CODES["interrupted"]
@@ -476,9 +478,15 @@ class _Runner:
         self.writer.append({**record, "status": "done", "images": images, "error": None})
         self.tally.done += 1
         self._advance()
-        if not self.args.json:
-            for path in paths:
-                self.write(path)
+        if not (self.args.json or self.output_closed):
+            try:
+                for path in paths:
+                    self.write(path)
+            except BrokenPipeError:
+                # The reader went away (``| head``): like a first Ctrl-C, send no more
+                # and let the tasks in flight finish and be recorded.
+                self.output_closed = True
+                self.stop.set()
 
     def _failed(self, task: Task, record: dict[str, Any], error: BaseException) -> None:
         record["error"] = _error_record(error)
@@ -510,6 +518,8 @@ def _finish(args: argparse.Namespace, tally: _Tally, manifest: Path, code: int) 
             code = EXIT_CODES["tasks_failed"]
         elif summary["not_sent"]:
             code = EXIT_CODES["max_cost"]
+    if code == EXIT_CODES["output_closed"]:
+        return code  # as every command: nothing more on stdout nor stderr
     if args.json:
         cli._print_json(summary)
     parts = [f"{tally.done} done", f"{tally.already_done} already done"]
@@ -549,7 +559,12 @@ def _amount(text: str) -> Decimal:
 def add_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
     """Add the ``batch`` command through ``cli._parser``'s ``command`` helper."""
     sub = command("batch", _run, HELP, client=True)
-    sub.epilog = EPILOG
+    rows = {code: text for _, code, text in cli._EXIT_TABLE} | dict(_BATCH_EXITS)
+    sub.epilog = "exit codes:\n" + "\n".join(
+        textwrap.fill(text, 78, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7)
+        for code, text in sorted(rows.items())
+        if code not in (EXIT_CODES["timeout"], EXIT_CODES["session_expired"], EXIT_CODES["task"])
+    )
     sub.add_argument("tasks", metavar="TASKS", help="a JSONL file, or a .csv file with a header")
     sub.add_argument(
         "-o", "--output", default=".", metavar="DIR",

@@ -315,7 +315,7 @@ def test_bad_lines_are_listed_and_nothing_is_sent(
     assert [line.split(": ", 2)[1] for line in err[:-1]] == [
         f"{tasks}:{n}" for n in (3, 4, 5, 6, 8, 9, 10)
     ]
-    assert "size: unsupported size (13, 7)" in err[0]
+    assert "size: unsupported size '13x7'" in err[0]
     assert "unknown option(s) ['colour']" in err[2]
     assert "steps: must be an integer from 1 to 1000, got 0" in err[3]
     assert "id 'b' is already used on line 7" in err[4]
@@ -647,3 +647,32 @@ def test_progress_bar_with_running_cost_on_a_terminal(tmp_path: Path) -> None:
     assert "3/3" in err
     assert "task/s" in err
     assert "cost 0.0039" in err
+
+
+def test_a_closed_output_stops_the_run_like_ctrl_c(emulator: Emulator, tmp_path: Path) -> None:
+    """When the reader of the paths goes away (``| head -1``), no new task is sent, those in
+    flight are recorded, the run exits 141 quietly, and a re-run sends only the rest."""
+    emulator.latency = seconds(0.05)
+    tasks = _write_tasks(tmp_path / "t.jsonl", _prompts(30))
+    out = tmp_path / "out"
+    proc = _start(emulator, tasks, out)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        assert proc.stdout.readline().endswith(".jpg\n")
+        emulator.withhold_frames()  # nothing more ends until the pipe is closed
+        proc.stdout.close()
+        emulator.release_frames()
+        code = proc.wait(SUBPROCESS_TIMEOUT)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(SUBPROCESS_TIMEOUT)
+        proc.stderr.close()
+    assert (code, err) == (EXIT_CODES["output_closed"], "")
+    recorded = list(_final(out))
+    assert 1 <= len(recorded) < 30
+    assert all(r["status"] == "done" for r in _final(out).values())
+    emulator.latency = 0
+    assert _batch(emulator, tasks, out) == 0
+    assert Counter(_sent_prompts(emulator)) == Counter(f"prompt {i}" for i in range(30))
