@@ -771,6 +771,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("-n", "--number", type=int, default=4, help="how many images")
     sub.add_argument("-o", "--output", default="diffusionmaster-demo", help="output folder")
 
+    from . import batchrun
+
+    batchrun.add_parser(command)
+
     sub = command("emulator", _emulator, "run the emulator server", client=False)
     sub.add_argument("--port", type=int, default=8765, help="the TCP port; 0 picks a free one")
     sub.add_argument("--host", default="127.0.0.1", help="the address to listen on")
