@@ -67,12 +67,8 @@ __all__ = ["EXIT_CODES", "MANIFEST", "add_parser", "read_manifest", "read_tasks"
 #: The name of the manifest inside the output folder.
 MANIFEST = "manifest.jsonl"
 
-#: The exit codes of ``batch``: those of every command, and two of its own.
-EXIT_CODES = {
-    **cli.EXIT_CODES,
-    "tasks_failed": 8,  # some tasks failed (in this run or, not retried, in an earlier one)
-    "max_cost": 9,  # --max-cost was reached before every task was sent
-}
+#: The exit codes of ``batch``: those of every command (8 and 9 are batch's own).
+EXIT_CODES = cli.EXIT_CODES
 
 HELP = "run the text-to-image tasks of a JSONL or CSV file (resumable)"
 _BATCH_EXITS = (
