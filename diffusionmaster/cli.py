@@ -100,6 +100,9 @@ _EXIT_TABLE = (
     ("timeout", 5, "--timeout passed before the results arrived"),
     ("session_expired", 6, "the connection came back but the server had lost the results"),
     ("task", 7, "the server reported an error for the task"),
+    ("tasks_failed", 8, "batch: some tasks failed, in this run or (not retried) an earlier "
+     "one; see the manifest, and --retry-failed"),
+    ("max_cost", 9, "batch: --max-cost was reached before every task was sent"),
     ("interrupted", 130, "interrupted (Ctrl-C)"),
     ("output_closed", 141, "the output was closed before everything was printed "
      "(e.g. | head); nothing is printed on stderr"),
@@ -770,6 +773,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("-n", "--number", type=int, default=4, help="how many images")
     sub.add_argument("-o", "--output", default="diffusionmaster-demo", help="output folder")
+
+    from . import batchrun
+
+    batchrun.add_parser(command)
 
     sub = command("emulator", _emulator, "run the emulator server", client=False)
     sub.add_argument("--port", type=int, default=8765, help="the TCP port; 0 picks a free one")
