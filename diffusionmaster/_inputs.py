@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 import uuid
 from typing import IO, Any, Union
@@ -32,13 +33,37 @@ _EXPECTED = (
 _PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
 
 
+#: The form of the server's image ids: 8-4-4-4-12 hex digits (either case).
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+#: What a mistyped UUID looks like: hex digits and hyphens only (no path would).
+_UUID_LIKE = re.compile(r"[0-9a-fA-F-]{16,}")
+
+
 def is_uuid(text: str) -> bool:
-    """Tell whether ``text`` is a UUID (the form of the server's image ids)."""
+    """Tell whether ``text`` is a UUID in the server's form (8-4-4-4-12 hex digits)."""
+    return _UUID.fullmatch(text) is not None
+
+
+def _other_uuid_form(text: str) -> str | None:
+    """The 8-4-4-4-12 form of a UUID written another way (braces, ``urn:uuid:``, no
+    hyphens), or None when ``text`` is no UUID at all."""
     try:
-        uuid.UUID(text)
+        return str(uuid.UUID(text))
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def _result_uuid(name: str, image: Image | UploadedImage) -> str:
+    # A result's UUID goes on the wire as it is: refuse one that is no UUID (made by
+    # hand, or sent by a server) rather than send it, paying for an error at best.
+    value = image.uuid
+    if not isinstance(value, str) or not is_uuid(value):
+        kind = type(image).__name__
+        raise InvalidArgumentError(
+            name, f"{kind}.uuid must be an image UUID (8-4-4-4-12 hex digits), got {value!r}"
+        )
+    return value
 
 
 def _checked(name: str, data: bytes, origin: str) -> bytes:
@@ -76,12 +101,21 @@ def load(name: str, image: object) -> str | bytes:
 
     Raises:
         InvalidArgumentError: a missing or unreadable file, data that is not PNG,
-            JPEG or WEBP, or an input of another type; the message names ``name``.
+            JPEG or WEBP, a UUID not in the server's 8-4-4-4-12 form (also as the
+            ``uuid`` of an Image or UploadedImage), or an input of another type;
+            the message names ``name``.
     """
     if isinstance(image, (Image, UploadedImage)):
-        return image.uuid
+        return _result_uuid(name, image)
     if isinstance(image, str) and is_uuid(image):
         return image
+    if isinstance(image, str) and not os.path.exists(image):
+        canonical = _other_uuid_form(image)
+        if canonical is not None:
+            raise InvalidArgumentError(
+                name, f"{image!r} is not an image UUID in the server's form (8-4-4-4-12 hex "
+                f"digits); pass {canonical!r}",
+            )  # fmt: skip
     if isinstance(image, str) and image.startswith(("http://", "https://")):
         raise InvalidArgumentError(
             name, "image URLs are not accepted here: pass the file, its bytes, or an image UUID"
@@ -92,6 +126,11 @@ def load(name: str, image: object) -> str | bytes:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and _UUID_LIKE.fullmatch(path):
+                raise InvalidArgumentError(
+                    name, f"{path!r} is neither an image UUID (8-4-4-4-12 hex digits) nor a "
+                    "readable file",
+                ) from exc  # fmt: skip
             raise InvalidArgumentError(
                 name, f"cannot read image file {path!r}: {exc.strerror or exc}"
             ) from exc

@@ -236,6 +236,36 @@ def _ordered(
         raise InvalidArgumentError(f"{name}.{first}", f"{low} is {word} {last} {high}")
 
 
+def controlnet_preprocessor(name: str, value: object, *, sdxl: bool) -> str:
+    """A ControlNet ``preprocessor`` name (§8.6), or a preprocess type (§5) mapped to one.
+
+    The guide returned by ``preprocess_controlnet(image, "depth")`` goes with
+    ``ControlNet("depth", guide)``: a preprocess type stands for its name in
+    :data:`~diffusionmaster.tables.CONTROLNET_PREPROCESSOR_OF` (``depth_midas``).
+    """
+    if isinstance(value, enum.Enum):
+        value = value.value
+    allowed = tables.CONTROLNET_PREPROCESSORS_SDXL if sdxl else tables.CONTROLNET_PREPROCESSORS
+    if isinstance(value, str):
+        mapped = value if value in tables.CONTROLNET_PREPROCESSORS else (
+            tables.CONTROLNET_PREPROCESSOR_OF.get(value)
+        )  # fmt: skip
+        if mapped in allowed:
+            return mapped
+        if sdxl and mapped is not None:
+            shown = repr(value) if mapped == value else f"{value!r} ({mapped})"
+            raise InvalidArgumentError(
+                name, f"{shown} is not available for SDXL models; SDXL takes "
+                f"{_listing(sorted(allowed))}",
+            )  # fmt: skip
+    mapping = _listing(f"{k} ({v})" for k, v in sorted(tables.CONTROLNET_PREPROCESSOR_OF.items()))
+    raise InvalidArgumentError(
+        name, f"must be a ControlNet preprocessor ({_listing(sorted(allowed))}) or a "
+        f"preprocess type of preprocess_controlnet, which stands for the name in brackets "
+        f"({mapping}); got {value!r}",
+    )  # fmt: skip
+
+
 def controlnet(name: str, item: object, *, steps: int | None, model_id: int | str) -> ControlNet:
     """A :class:`~diffusionmaster.ControlNet` whose fields fit protocol §3 and §8.6.
 
@@ -253,9 +283,9 @@ def controlnet(name: str, item: object, *, steps: int | None, model_id: int | st
         raise InvalidArgumentError(
             name, f"must be a ControlNet(preprocessor, guide_image), got {item!r}"
         )
-    sdxl = model_id == tables.Model.SDXL_V1_0
-    allowed = tables.CONTROLNET_PREPROCESSORS_SDXL if sdxl else tables.CONTROLNET_PREPROCESSORS
-    preprocessor = choice(f"{name}.preprocessor", item.preprocessor, allowed)
+    preprocessor = controlnet_preprocessor(
+        f"{name}.preprocessor", item.preprocessor, sdxl=model_id == tables.Model.SDXL_V1_0
+    )
     if item.guide_image is None:
         raise InvalidArgumentError(
             f"{name}.guide_image", "is required: any image input, or an http(s) URL"

@@ -640,7 +640,10 @@ class Client:
             timeout: seconds for the call (uploads included).
 
         Returns:
-            The guide image; pass it as ``ControlNet(preprocessor, guide_image)``.
+            The guide image; pass it as ``ControlNet(preprocessor, guide_image)``
+            with the same ``preprocessor``: a preprocess type stands for its
+            ControlNet name in :data:`diffusionmaster.tables.CONTROLNET_PREPROCESSOR_OF`
+            (``depth`` is sent as ``depth_midas``, ``tile`` as ``tile_gaussian``...).
 
         Raises:
             InvalidArgumentError, TaskError, RequestTimeoutError, ...: as :meth:`upscale`.

@@ -8,10 +8,13 @@ or ``str`` enums, so plain ints and strings are accepted wherever they are.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from types import MappingProxyType
 
 __all__ = [
     "CONTROLNET_PREPROCESSORS",
     "CONTROLNET_PREPROCESSORS_SDXL",
+    "CONTROLNET_PREPROCESSOR_OF",
     "LANGUAGE_IDS",
     "PREPROCESSOR_TYPES",
     "SIZES",
@@ -173,6 +176,19 @@ PREPROCESSOR_TYPES: frozenset[str] = frozenset(
     {
         "canny", "depth", "mlsd", "normalbae", "openpose", "tile", "seg", "lineart",
         "lineart_anime", "shuffle", "scribble", "softedge",
+    }
+)  # fmt: skip
+
+#: The ControlNet `preprocessor` name (§8.6) that takes the guide made by each
+#: preprocess type (§5): ``ControlNet("depth", guide)`` sends ``depth_midas``. The
+#: two lists name the same families differently; where a family has several
+#: ControlNet names, the common default is chosen (pass another name to override).
+CONTROLNET_PREPROCESSOR_OF: Mapping[str, str] = MappingProxyType(
+    {
+        "canny": "canny", "depth": "depth_midas", "lineart": "lineart_standard",
+        "lineart_anime": "lineart_anime", "mlsd": "mlsd", "normalbae": "normal_bae",
+        "openpose": "openpose", "scribble": "scribble_pidinet", "seg": "seg_ofade20k",
+        "shuffle": "shuffle", "softedge": "softedge_pidinet", "tile": "tile_gaussian",
     }
 )  # fmt: skip
 

@@ -578,6 +578,7 @@ def _interrupt(emu: Emulator, tmp_path: Path, how: signal.Signals) -> tuple[int,
     return code, list(_final(out))
 
 
+@pytest.mark.slow
 def test_a_run_stopped_with_sigint_is_resumed_without_sending_any_task_twice(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -594,6 +595,7 @@ def test_a_run_stopped_with_sigint_is_resumed_without_sending_any_task_twice(
     assert sorted(done) == sorted(f"t{i}" for i in range(30))
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_is_resumed_without_resending_recorded_tasks(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -615,6 +617,7 @@ def test_a_run_killed_with_sigkill_is_resumed_without_resending_recorded_tasks(
 # -- progress ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
 def test_progress_bar_with_running_cost_on_a_terminal(tmp_path: Path) -> None:
     """With stderr on a terminal, a tqdm bar shows the tasks done, the rate and the cost."""

@@ -19,6 +19,8 @@ from diffusionmaster.testing import Emulator
 
 from .conftest import make_client, seconds
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

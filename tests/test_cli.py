@@ -308,6 +308,7 @@ def test_unwritable_output(
 # -- the program: python -m diffusionmaster, the emulator server, the progress bar -------
 
 
+@pytest.mark.slow
 def test_python_m_diffusionmaster_json() -> None:
     """``python -m diffusionmaster enhance --emulator --json`` prints JSON and exits 0."""
     result = _python("enhance", "a cat", "--versions", "2", "--emulator", "--json")
@@ -315,6 +316,7 @@ def test_python_m_diffusionmaster_json() -> None:
     assert len(json.loads(result.stdout)["texts"]) == 2
 
 
+@pytest.mark.slow
 def test_expected_failure_prints_no_traceback() -> None:
     """A failure in the real program prints one line to stderr and no traceback."""
     with socket.socket() as s:
@@ -326,6 +328,7 @@ def test_expected_failure_prints_no_traceback() -> None:
     assert len(result.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_emulator_command_prints_its_real_port() -> None:
     """``emulator --port 0`` prints the URL of the port it bound, which serves clients."""
     proc = subprocess.Popen(
@@ -382,6 +385,7 @@ def _run_on_a_terminal(*argv: str) -> tuple[int, str]:
     return code, b"".join(chunks).decode("utf-8", "replace")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
 def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     """Generating several images with stderr on a terminal draws a tqdm bar there."""
@@ -391,12 +395,14 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert "4/4" in err
 
 
+@pytest.mark.slow
 def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
     """With stderr on a pipe, a successful run writes nothing to it."""
     result = _python("generate", "x", "-n", "4", "--emulator", "-o", str(tmp_path))
     assert (result.returncode, result.stderr) == (0, "")
 
 
+@pytest.mark.slow
 def test_vvv_logs_the_embedded_emulator(tmp_path: Path) -> None:
     """-vvv adds the embedded emulator's DEBUG records to the client's."""
     result = _python("generate", "x", "--emulator", "-vvv", "-o", str(tmp_path))
@@ -405,6 +411,7 @@ def test_vvv_logs_the_embedded_emulator(tmp_path: Path) -> None:
     assert " DEBUG diffusionmaster.supervisor: sent text2img task " in result.stderr
 
 
+@pytest.mark.slow
 def test_vv_leaves_the_embedded_emulator_out(tmp_path: Path) -> None:
     """With --emulator, -vv logs the client's records and none of the emulator's."""
     result = _python("generate", "x", "--emulator", "-vv", "-o", str(tmp_path))
@@ -414,6 +421,7 @@ def test_vv_leaves_the_embedded_emulator_out(tmp_path: Path) -> None:
     assert sorted(name for name in loggers if name.startswith("diffusionmaster.testing")) == []
 
 
+@pytest.mark.slow
 def test_help_lists_the_exit_codes() -> None:
     """--help exits 0 and ends with a table that has one row per exit code."""
     result = _python("--help")
@@ -531,7 +539,8 @@ def test_controlnet_preprocessor_is_checked_by_the_library(
     argv = ["generate", "x", "--model", "SDXL_V1_0", "--controlnet", f"openpose:{guide}"]
     assert _run(emulator, *argv) == 2
     assert _one_error_line(capsys).startswith(
-        "invalid argument --controlnet[0].preprocessor: must be one of canny, depth_leres, "
+        "invalid argument --controlnet[0].preprocessor: 'openpose' is not available for SDXL "
+        "models; SDXL takes canny, depth_leres, "
     )
     assert (_frames(emulator, "newImageUpload"), _frames(emulator, "newTask")) == ([], [])
 
@@ -589,6 +598,7 @@ def test_preprocess_output_guides_generate(
     assert _frames(emulator, "newImageUpload") == []
 
 
+@pytest.mark.slow
 def test_help_shows_the_defaults() -> None:
     """generate --help shows the library's defaults of the options."""
     result = _python("generate", "--help")
@@ -662,6 +672,7 @@ def test_json_invalid_argument_names_the_flag(
     }
 
 
+@pytest.mark.slow
 def test_emulator_on_a_busy_port() -> None:
     """``emulator --port P`` with P taken exits 1 with one line and no traceback."""
     with socket.socket() as taken:
@@ -675,6 +686,7 @@ def test_emulator_on_a_busy_port() -> None:
     )
 
 
+@pytest.mark.slow
 def test_closed_output_pipe(emulator: Emulator, tmp_path: Path) -> None:
     """Printing into a pipe nobody reads (``| head`` gone) exits 141 and prints nothing."""
     reader, writer = os.pipe()

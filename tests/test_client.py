@@ -273,6 +273,7 @@ def test_close_is_idempotent_and_stops_threads(emulator: Emulator) -> None:
         client.text2img("after close")
 
 
+@pytest.mark.slow
 def test_forgotten_close_does_not_block_exit(emulator: Emulator) -> None:
     """A script that never closes its client still exits promptly."""
     import subprocess

@@ -19,6 +19,8 @@ from diffusionmaster.testing import Emulator
 
 from .conftest import API_KEY, seconds
 
+pytestmark = pytest.mark.slow
+
 django = pytest.importorskip("django")
 
 PROJECT = Path(__file__).resolve().parent.parent / "examples" / "django_app"

@@ -955,6 +955,7 @@ def test_start_on_a_busy_port_raises_and_leaves_no_thread(emu: Emulator) -> None
     ]
 
 
+@pytest.mark.slow
 def test_serve_forever_runs_until_keyboard_interrupt() -> None:
     """serve_forever serves on the given port until SIGINT, then returns normally."""
     code = (  # a shell that started pytest in the background may have left SIGINT ignored

@@ -16,6 +16,8 @@ from diffusionmaster.testing import Emulator
 
 from .conftest import API_KEY, seconds
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 #: Scripts that connect where DIFFUSIONMASTER_URL / DIFFUSIONMASTER_API_KEY say.
 CLIENT_SCRIPTS = ["every_task.py", "prefork.py", "progress.py", "quickstart.py", "threads.py"]

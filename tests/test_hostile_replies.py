@@ -242,6 +242,7 @@ def test_calls_waiting_during_bad_resume_replies_are_answered(emulator: Emulator
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # waits out the default heartbeat: about 10 s
 def test_default_heartbeat_finds_a_frozen_link_within_ten_seconds(emulator: Emulator) -> None:
     """With the default Heartbeat, a frozen server is found dead within interval + timeout."""
     default = Heartbeat()

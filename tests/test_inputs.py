@@ -234,7 +234,64 @@ def test_result_input_keeps_its_uuid() -> None:
     """Image and UploadedImage inputs give their UUID without any I/O."""
     image = Image("11111111-2222-4333-8444-555555555555", url="http://127.0.0.1:9/never")
     assert _inputs.load("image", image) == image.uuid
-    assert _inputs.load("image", UploadedImage("u-1")) == "u-1"
+    uploaded = UploadedImage("AAAAAAAA-2222-4333-8444-555555555555")
+    assert _inputs.load("image", uploaded) == "AAAAAAAA-2222-4333-8444-555555555555"
+
+
+NOT_UUIDS: dict[str, tuple[object, str]] = {
+    "UploadedImage": (
+        UploadedImage("u-1"),
+        r"^image: UploadedImage\.uuid must be an image UUID \(8-4-4-4-12 hex digits\), "
+        r"got 'u-1'$",
+    ),
+    "Image": (
+        Image("../x", url="http://127.0.0.1:9/never"),
+        r"^image: Image\.uuid must be an image UUID \(8-4-4-4-12 hex digits\), got '\.\./x'$",
+    ),
+    "braces": (
+        "{11111111-2222-4333-8444-555555555555}",
+        r"^image: '\{11111111-2222-4333-8444-555555555555\}' is not an image UUID in the "
+        r"server's form \(8-4-4-4-12 hex digits\); pass '11111111-2222-4333-8444-555555555555'$",
+    ),
+    "no hyphens": (
+        "11111111222243338444555555555555",
+        r"^image: '11111111222243338444555555555555' is not an image UUID in the server's form "
+        r"\(8-4-4-4-12 hex digits\); pass '11111111-2222-4333-8444-555555555555'$",
+    ),
+    "urn": (
+        "urn:uuid:11111111-2222-4333-8444-555555555555",
+        r"^image: 'urn:uuid:11111111-2222-4333-8444-555555555555' is not an image UUID in the "
+        r"server's form",
+    ),
+    "one digit short": (
+        "11111111-2222-4333-8444-55555555555",
+        r"^image: '11111111-2222-4333-8444-55555555555' is neither an image UUID "
+        r"\(8-4-4-4-12 hex digits\) nor a readable file$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_UUIDS))
+def test_an_image_uuid_that_is_not_a_uuid_is_refused_before_sending(
+    client: diffusionmaster.Client, emulator: Emulator, case: str
+) -> None:
+    """A UUID string or a result's uuid not in the 8-4-4-4-12 form is InvalidArgumentError."""
+    value, message = NOT_UUIDS[case]
+    with pytest.raises(InvalidArgumentError, match=message) as info:
+        client.upscale(value, 2)
+    assert info.value.parameter == "image"
+    assert _keys(emulator) == ["newConnection"]
+
+
+def test_a_bad_guide_uuid_is_refused_before_sending(
+    client: diffusionmaster.Client, emulator: Emulator
+) -> None:
+    """A ControlNet guide given as an UploadedImage with a non-UUID is refused, naming it."""
+    guide = diffusionmaster.ControlNet("canny", UploadedImage("not-a-uuid"))
+    with pytest.raises(InvalidArgumentError, match=r"^controlnet\[0\]\.guide_image: ") as info:
+        client.text2img("x", controlnet=[guide])
+    assert info.value.parameter == "controlnet[0].guide_image"
+    assert _keys(emulator) == ["newConnection"]
 
 
 def test_timeout_covers_uploads(client: diffusionmaster.Client, emulator: Emulator) -> None:

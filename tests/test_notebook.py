@@ -13,6 +13,8 @@ from diffusionmaster.testing import Emulator
 
 from .conftest import API_KEY, seconds
 
+pytestmark = pytest.mark.slow
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")

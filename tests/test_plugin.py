@@ -12,6 +12,8 @@ import pytest
 from .conftest import seconds
 from .test_examples import _readme_snippets
 
+pytestmark = pytest.mark.slow
+
 pytest_plugins = ["pytester"]
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "test_with_emulator.py"
@@ -126,3 +128,27 @@ def test_plugin_loads_without_the_emulator_extra(tmp_path: Path) -> None:
     )
     assert result.returncode == 1  # one failed test, not a crash at start-up (3 or 4)
     assert 'pip install "diffusionmaster[emulator]"' in result.stdout
+
+
+@pytest.mark.parametrize("module", ["websockets", "PIL"])
+def test_missing_extra_message_names_the_missing_module(tmp_path: Path, module: str) -> None:
+    """A fixture used without one of the emulator extra's modules names that module."""
+    (tmp_path / "test_it.py").write_text("def test_it(diffusionmaster_emulator):\n    pass\n")
+    code = (
+        f"import sys; sys.modules[{module!r}] = None\n"
+        "import pytest\n"
+        "sys.exit(pytest.main(['-p', 'no:cacheprovider', '-q', sys.argv[1]]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "test_it.py")],
+        capture_output=True,
+        text=True,
+        timeout=seconds(60),
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert (
+        f"diffusionmaster_emulator needs the emulator extra (the module {module} is missing): "
+        'pip install "diffusionmaster[emulator]"'
+    ) in result.stdout

@@ -7,7 +7,6 @@ import copy
 import http.server
 import io
 import json
-import os
 import pickle
 import subprocess
 import sys
@@ -257,6 +256,7 @@ def test_save_conversion_without_pillow_says_how_to_install_it(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_importing_the_package_does_not_import_pillow() -> None:
     """Pillow is imported only when a method needs it."""
     code = "import sys, diffusionmaster; print('PIL' in sys.modules)"
@@ -314,55 +314,7 @@ def test_ipython_displays_a_result_inline(client: diffusionmaster.Client) -> Non
     assert base64.b64decode(data["image/jpeg"]) == image.read()
 
 
-# -- fork safety of downloads -----------------------------------------------------------------
-
-
-def _fork_round(downloader: _http.Downloader, base: str, rounds: int) -> tuple[int, list[bool]]:
-    """Fork; parent and child each download their own files at once. Return the child's
-    exit status and the parent's per-download verdicts."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report through the pipe, never return into pytest
-        try:
-            ok = all(
-                downloader.fetch(f"{base}/child-{n % 4}.png", timeout=seconds(5))[0]
-                == f"child {n % 4}".encode() * 500
-                for n in range(rounds)
-            )
-            os.write(write_end, b"1" if ok else b"0")
-        except BaseException:
-            os.write(write_end, b"E")
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    verdicts = [
-        downloader.fetch(f"{base}/parent-{n % 4}.png", timeout=seconds(5))[0]
-        == f"parent {n % 4}".encode() * 500
-        for n in range(rounds)
-    ]
-    with os.fdopen(read_end, "rb") as pipe:
-        report = pipe.read()
-    os.waitpid(pid, 0)
-    return {b"1": 1, b"0": 0}.get(report, -1), verdicts
-
-
-def test_forked_child_never_shares_pooled_download_connections(
-    image_server: _ImageServer,
-) -> None:
-    """After fork(), parent and child each get exactly their own bytes, round after round."""
-    for n in range(4):
-        image_server.files[f"/parent-{n}.png"] = f"parent {n}".encode() * 500
-        image_server.files[f"/child-{n}.png"] = f"child {n}".encode() * 500
-    downloader = _http.Downloader()
-    try:
-        for _ in range(5):
-            # A download before the fork leaves a kept-alive connection in the pool.
-            assert downloader.fetch(image_server.base + "/parent-0.png", timeout=seconds(5))[0]
-            child, parent = _fork_round(downloader, image_server.base, 20)
-            assert child == 1
-            assert parent == [True] * 20
-    finally:
-        downloader.close()
+# -- download pools (fork safety: tests/test_fork.py) ---------------------------------------
 
 
 def test_each_client_owns_its_download_pool(emulator: Emulator) -> None:
@@ -520,6 +472,7 @@ def test_unpickled_result_downloads_after_its_client_closed(emulator: Emulator) 
     assert again._content.downloader is None
 
 
+@pytest.mark.slow
 def test_unpickled_result_reads_its_bytes_in_another_process(emulator: Emulator) -> None:
     """A result pickled here is unpickled by a fresh interpreter that downloads its bytes."""
     with make_client(emulator) as client:

@@ -7,11 +7,15 @@ import random
 import threading
 import time
 
+import pytest
+
 import diffusionmaster
 from diffusionmaster import Reconnect
 from diffusionmaster.testing import Emulator
 
 from .conftest import API_KEY, make_client, seconds
+
+pytestmark = pytest.mark.slow
 
 THREADS = 48
 TASKS_PER_THREAD = 21  # at least 1,008 tasks in all

@@ -21,6 +21,7 @@ from diffusionmaster import (
     TaskError,
     UploadedImage,
     protocol,
+    tables,
 )
 from diffusionmaster.testing import Emulator
 
@@ -174,6 +175,39 @@ def test_sdxl_controlnet_preprocessor(client: diffusionmaster.Client, emulator: 
     (source,) = client.text2img("a tower")
     client.text2img("a tower", model=Model.SDXL_V1_0, controlnet=[ControlNet("depth_zoe", source)])
     assert _bodies(emulator, "newTask")[1]["controlNet"][0]["preprocessor"] == "depth_zoe"
+
+
+@pytest.mark.parametrize("kind", sorted(tables.PREPROCESSOR_TYPES))
+def test_preprocess_result_goes_with_its_preprocess_type(
+    client: diffusionmaster.Client, emulator: Emulator, kind: str
+) -> None:
+    """The guide of preprocess_controlnet(image, kind) works as ControlNet(kind, guide)."""
+    (source,) = client.text2img("a tower")
+    guide = client.preprocess_controlnet(source, kind)
+    (image,) = client.text2img("a castle", controlnet=[ControlNet(kind, guide)])
+    assert image.uuid
+    control = _bodies(emulator, "newTask")[1]["controlNet"][0]
+    assert control == {
+        "preprocessor": tables.CONTROLNET_PREPROCESSOR_OF[kind],
+        "weight": 1.0,
+        "guideImageUUID": guide.uuid,
+    }
+
+
+def test_every_preprocess_type_maps_to_a_controlnet_name() -> None:
+    """Each preprocess type of §5 stands for exactly one ControlNet name of §8.6."""
+    assert set(tables.CONTROLNET_PREPROCESSOR_OF) == tables.PREPROCESSOR_TYPES
+    assert set(tables.CONTROLNET_PREPROCESSOR_OF.values()) <= tables.CONTROLNET_PREPROCESSORS
+
+
+def test_sdxl_accepts_the_depth_preprocess_type(
+    client: diffusionmaster.Client, emulator: Emulator
+) -> None:
+    """For SDXL, the depth preprocess type maps to depth_midas, which SDXL takes."""
+    (source,) = client.text2img("a tower")
+    guide = client.preprocess_controlnet(source, "depth")
+    client.text2img("a castle", model=Model.SDXL_V1_0, controlnet=[ControlNet("depth", guide)])
+    assert _bodies(emulator, "newTask")[1]["controlNet"][0]["preprocessor"] == "depth_midas"
 
 
 # -- other tasks -----------------------------------------------------------------------

@@ -42,12 +42,24 @@ def __getattr__(name: str) -> Any:
     try:
         value = getattr(importlib.import_module(module), name)
     except ImportError as exc:
+        missing = _missing_module(exc)
         raise ImportError(
-            f"diffusionmaster.testing.{name} needs the emulator extra ({exc.name} is "
-            'missing): python -m pip install "diffusionmaster[emulator]"'
+            f"diffusionmaster.testing.{name} needs the emulator extra (the module {missing} "
+            'is missing): python -m pip install "diffusionmaster[emulator]"',
+            name=missing,
         ) from exc
     globals()[name] = value
     return value
+
+
+def _missing_module(exc: ImportError) -> str:
+    """The top-level name of the module whose import failed (``websockets``, ``PIL``).
+
+    ``exc.name`` may be a submodule (``websockets.asyncio``) or, for an ImportError
+    raised by hand, None; the message then names what is known.
+    """
+    name = exc.name or getattr(exc.__cause__, "name", None)
+    return name.partition(".")[0] if name else "unknown"
 
 
 def __dir__() -> list[str]:

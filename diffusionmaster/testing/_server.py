@@ -41,7 +41,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from diffusionmaster.testing._http import image_response
+from diffusionmaster.testing._http import KeepAliveImageServer, image_response
 from diffusionmaster.testing._logs import websockets_logger
 from diffusionmaster.testing._tasks import Knobs, TaskRunner, Worker
 from diffusionmaster.testing.images import ImageStore
@@ -113,7 +113,7 @@ class Core:
         self.in_worker = in_worker
         self.host = host
         self.port = 0
-        self.runner = TaskRunner(store, knobs, lambda: self.http_url, in_worker)
+        self.runner = TaskRunner(store, knobs, lambda: self.image_url, in_worker)
         self.server: Server | None = None
         # Observed state (written under cond).
         self.received: list[dict[str, Any]] = []
@@ -138,12 +138,23 @@ class Core:
         # Every connection that sent an HTTP request, so plain GETs can be aborted at stop.
         self.http_connections: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         self._seq = 0
+        # Images over keep-alive HTTP on a port of their own (set before listen()).
+        self.keep_alive_images = False
+        self.images: KeepAliveImageServer | None = None
 
     @property
     def http_url(self) -> str:
-        """``http://host:port`` of the running server."""
+        """``http://host:port`` of the running server (its WebSocket port)."""
+        return self._base(self.port)
+
+    @property
+    def image_url(self) -> str:
+        """``http://host:port`` of the image files: the keep-alive port if there is one."""
+        return self._base(self.images.port) if self.images is not None else self.http_url
+
+    def _base(self, port: int) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{host}:{port}"
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -162,10 +173,18 @@ class Core:
             logger=websockets_logger(),  # frames at DEBUG, API keys masked
         )
         self.port = self.server.sockets[0].getsockname()[1]
+        if self.keep_alive_images:
+            if self.images is None:
+                self.images = KeepAliveImageServer(
+                    self.store, self.in_worker, self.thawed, self.cond, self.host
+                )
+            await self.images.listen()
 
     async def stop_listening(self) -> None:
         """Stop listening and abort every connection (sessions are kept)."""
         self.thaw()  # a stopped server is not frozen; also releases handshakes waiting on it
+        if self.images is not None:
+            await self.images.stop()  # its port is kept for the next listen()
         server, self.server = self.server, None
         if server is None:
             return

@@ -24,6 +24,10 @@ Behaviour where protocol.md leaves a choice:
   its ``-no`` part, ``totalAvailableResults`` is ``offset + numberResults``,
   ``bNSFWContent`` is true only when ``checkNsfw`` is set and the prompt
   contains "nsfw".
+* Image files are served on the WebSocket port, each answer closing its TCP
+  connection (websockets allows no more); with ``keep_alive_images=True`` they
+  are served on a port of their own over HTTP/1.1 keep-alive, as image hosts
+  do, so that clients reuse pooled connections.
 * Result frames (results and task errors) are buffered per session and sent
   in order; a frame cut by a drop is sent again after the resume
   (at-least-once: clients drop repeats by ``imageUUID``, house rule 5).
@@ -98,6 +102,11 @@ class Emulator:
         latency: seconds before each image, text or upload result is produced.
         images_per_frame: items per result frame (images, or texts of the
             prompt enhancer): 8 images at 3 per frame come as 3, 3, 2.
+        keep_alive_images: serve image files on a port of their own, over
+            HTTP/1.1 keep-alive (many GETs per connection, as real image hosts
+            do), instead of on the WebSocket port with ``Connection: close``
+            after each. :attr:`http_url` then names that port. Off by default,
+            so that the emulator uses one port.
 
     Raises:
         ValueError: a negative time or ``images_per_frame`` < 1.
@@ -113,8 +122,10 @@ class Emulator:
         idle_timeout: float = 120.0,
         latency: float = 0.0,
         images_per_frame: int = 1,
+        keep_alive_images: bool = False,
     ) -> None:
         self._api_keys = [api_keys] if isinstance(api_keys, str) else list(api_keys)
+        self._keep_alive_images = bool(keep_alive_images)
         self._host = host
         self._initial_port = port
         self.resume_window = resume_window
@@ -227,6 +238,7 @@ class Emulator:
             self._in_worker, self._host,
         )  # fmt: skip
         self._core.port = self._initial_port
+        self._core.keep_alive_images = self._keep_alive_images
         await self._core.listen()
 
     async def _in_worker(self, fn: Callable[[], _T]) -> _T:
@@ -295,8 +307,17 @@ class Emulator:
 
     @property
     def http_url(self) -> str:
-        """The base of image URLs, ``http://127.0.0.1:<port>``."""
-        return self._core_or_raise().http_url
+        """The base of image URLs, ``http://127.0.0.1:<port>``.
+
+        The WebSocket port, or with ``keep_alive_images`` the image port (also
+        bound at start and kept across restarts).
+        """
+        return self._core_or_raise().image_url
+
+    @property
+    def keep_alive_images(self) -> bool:
+        """Whether image files are served over keep-alive HTTP on their own port."""
+        return self._keep_alive_images
 
     # ---------------------------------------------------------------- plumbing
 
@@ -589,6 +610,22 @@ class Emulator:
                 )
                 for s in self._core.sessions.values()
             }
+
+    @property
+    def image_connections_opened(self) -> int:
+        """TCP connections accepted on the keep-alive image port since start
+        (0 without ``keep_alive_images``)."""
+        with self._cond:
+            images = self._core.images if self._core else None
+            return images.connections_opened if images else 0
+
+    @property
+    def image_requests(self) -> int:
+        """HTTP requests received on the keep-alive image port since start
+        (0 without ``keep_alive_images``)."""
+        with self._cond:
+            images = self._core.images if self._core else None
+            return images.requests if images else 0
 
     @property
     def image_count(self) -> int:

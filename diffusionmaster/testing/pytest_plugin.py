@@ -56,12 +56,14 @@ def diffusionmaster_emulator(diffusionmaster_api_key: str) -> Iterator[Emulator]
 
     It is also the fault injector and the record of what the server received.
     """
+    from diffusionmaster import testing
+
     try:
         from diffusionmaster.testing import Emulator
     except ImportError as exc:
         pytest.fail(
-            f"diffusionmaster_emulator needs the emulator extra ({exc.name} is missing): "
-            'pip install "diffusionmaster[emulator]"',
+            "diffusionmaster_emulator needs the emulator extra (the module "
+            f'{testing._missing_module(exc)} is missing): pip install "diffusionmaster[emulator]"',
             pytrace=False,
         )
     with Emulator(api_keys=[diffusionmaster_api_key]) as emulator:

@@ -33,6 +33,8 @@ from diffusionmaster.testing import Emulator
 from tests.conftest import API_KEY, make_client, seconds
 from tests.interop.conftest import Frame, LegacySDK, keys
 
+pytestmark = pytest.mark.interop
+
 #: Fields the official SDK sends in every ``newTask`` with a fixed value whatever the
 #: inputs (runware 0.1.5 base.py:228-242), and ``useCache``, null whenever the caller
 #: leaves it unset. Our client sends ``offset`` 0 too; it omits the others and so

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from diffusionmaster.testing import Emulator
 from diffusionmaster.testing._tasks import enhanced_prompts
 from tests.conftest import API_KEY, seconds
 from tests.interop.conftest import LegacySDK, fetch, keys, task_frames
+
+pytestmark = pytest.mark.interop
 
 CONNECT = {"op": "connect"}
 COST = 0.0013  # the emulator's cost per generated image (documented in Emulator)

@@ -19,6 +19,8 @@ from diffusionmaster.testing import Emulator
 from tests.conftest import make_client, seconds
 from tests.interop.conftest import LegacySDK, keys, task_frames
 
+pytestmark = pytest.mark.interop
+
 CONNECT = {"op": "connect"}
 NO_NEW_IMAGE_UUID = (
     "AttributeError",
