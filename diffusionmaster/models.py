@@ -484,7 +484,9 @@ class ControlNet:
     """A ControlNet guiding a generation (protocol §3).
 
     Attributes:
-        preprocessor: one of :data:`diffusionmaster.tables.CONTROLNET_PREPROCESSORS`.
+        preprocessor: one of :data:`diffusionmaster.tables.CONTROLNET_PREPROCESSORS`, or a
+            preprocess type of :meth:`Client.preprocess_controlnet` (``"depth"`` stands for
+            ``depth_midas``: :data:`diffusionmaster.tables.CONTROLNET_PREPROCESSOR_OF`).
         guide_image: any image input (path, bytes, file, PIL image, UUID, result).
         weight: 0 to 1.
         start_step, end_step: the steps the ControlNet acts on (0 to steps), or
