@@ -14,7 +14,7 @@ import attrs
 
 from .errors import InvalidArgumentError
 
-__all__ = ["DEFAULT", "Deadline", "DefaultType", "Heartbeat", "Reconnect"]
+__all__ = ["DEFAULT", "MAX_MESSAGE_SIZE", "Deadline", "DefaultType", "Heartbeat", "Reconnect"]
 
 
 class DefaultType(enum.Enum):
@@ -28,6 +28,24 @@ class DefaultType(enum.Enum):
 
 #: Passed as ``timeout=`` (the default): use the client's configured timeout.
 DEFAULT: Final = DefaultType.DEFAULT
+
+
+#: The default ``max_message_size`` of a Client: 256 MiB. The largest result frame
+#: the protocol can produce (a 1024x1024 or 1344x768 PNG is at most about 4 MiB raw,
+#: 5.6 MiB as base64, and a frame may carry several images) fits many times over;
+#: a message this large costs about twice its size in memory while it is read.
+MAX_MESSAGE_SIZE: Final = 256 * 1024 * 1024
+
+
+def message_size(value: object) -> int | None:
+    """Check a ``max_message_size`` argument: an int >= 1024, or None (no cap)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
+        raise InvalidArgumentError(
+            "max_message_size", f"must be an integer >= 1024 (bytes) or None, got {value!r}"
+        )
+    return value
 
 
 def _number(name: str, value: object) -> float:
