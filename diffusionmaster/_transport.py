@@ -351,9 +351,12 @@ class Transport:
             raise _failure("connection lost", exc) from exc
         except websocket.WebSocketProtocolException as exc:
             # websocket-client's own checks: reserved bits, opcodes, close codes.
-            logger.warning("failing the connection to %s: %s (close code 1002)", self.url, exc)
+            violation = _Violation(f"WebSocket protocol error: {exc}")
+            logger.warning(
+                "failing the connection to %s: %s (close code 1002)", self.url, violation
+            )
             self._fail(PROTOCOL_ERROR)
-            raise _failure("connection lost", exc) from exc
+            raise _failure("connection lost", violation) from exc
         except _TRANSLATED as exc:
             raise _failure("connection lost", exc) from exc
         finally:
