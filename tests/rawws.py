@@ -157,7 +157,10 @@ class RawServer:
         return frames_until_eof(self.connected(), seconds(5))
 
     def close(self) -> None:
+        _shut(self.listener)  # wakes accept() (close() alone does not)
         self.listener.close()
+        if self.conn is not None:
+            _shut(self.conn)  # wakes a response still being written
         self._thread.join(seconds(5))
         if self.conn is not None:
             self.conn.close()
@@ -191,6 +194,7 @@ class Proxy:
         self.injected = threading.Event()
         self._count = 0
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -198,8 +202,17 @@ class Proxy:
 
     @property
     def connections(self) -> int:
-        with self._lock:
-            return self._count
+        return self._count
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` is true, re-checked at each connection, injection
+        and client frame; return its last value."""
+        with self._changed:
+            return self._changed.wait_for(predicate, timeout)
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
     def _start(self, target: Callable[..., None], name: str, *args: object) -> None:
         thread = threading.Thread(target=target, name=name, args=args, daemon=True)
@@ -219,6 +232,7 @@ class Proxy:
                 number = self._count
                 self._sockets += [client, upstream]
                 self.client_frames[number] = []
+                self._changed.notify_all()
             self._start(self._up, f"test-proxy-up-{number}", client, upstream, number)
             self._start(self._down, f"test-proxy-down-{number}", client, upstream, number)
 
@@ -229,6 +243,7 @@ class Proxy:
             while True:
                 fin, opcode, payload = read_frame(client)
                 self.client_frames[number].append((opcode, payload))
+                self._notify()
                 upstream.sendall(frame(opcode, payload, fin=fin, key=b"\x00\x00\x00\x00"))
         except (OSError, EOFError, ConnectionError):
             return
@@ -251,6 +266,7 @@ class Proxy:
                 if number in self.hostile and opcode == 0x1:
                     self._write(client, self.inject)
                     self.injected.set()
+                    self._notify()
                     self._closed.wait()  # forward nothing more on this connection
                     return
         except (OSError, EOFError, ConnectionError):
@@ -270,6 +286,7 @@ class Proxy:
 
     def close(self) -> None:
         self._closed.set()
+        _shut(self.listener)  # wakes accept() (close() alone does not)
         self.listener.close()
         with self._lock:
             sockets, threads = list(self._sockets), list(self._threads)
