@@ -79,6 +79,25 @@ _HEADER_MAX = 14
 CLOSE_WAIT = 1.0
 
 
+def _socket_options() -> list[tuple[int, int, int]]:
+    # TCP_NODELAY: frames go out at once. Keepalive and TCP_USER_TIMEOUT (where the
+    # platform has them) let the kernel find a link that died under unacknowledged
+    # data or a long silence; the heartbeat still finds a frozen server (whose
+    # kernel keeps acknowledging) and works everywhere.
+    options = [
+        (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    ]
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3),
+                        ("TCP_USER_TIMEOUT", 60_000)):  # fmt: skip
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    return options
+
+
+_SOCKET_OPTIONS = _socket_options()
+
+
 class _Closed(Exception):
     """The connection is over: nothing more may be sent."""
 
@@ -219,7 +238,7 @@ class Transport:
         ws = websocket.WebSocket(
             skip_utf8_validation=True,  # checked here, strictly and faster
             enable_multithread=True,  # its send lock serialises our sends and its pongs
-            sockopt=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            sockopt=_SOCKET_OPTIONS,
         )
         if timeout is not None and timeout <= 0:
             raise ConnectionFailedError(f"cannot connect to {url}: timed out")

@@ -129,19 +129,26 @@ class Reconnect:
 class Heartbeat:
     """The application-level heartbeat (``{"ping": true}``).
 
-    When nothing has been sent or received for ``interval`` seconds the client
-    sends a ping; if no frame at all arrives within ``timeout`` seconds after it,
-    the connection is taken as dead and the client reconnects. With the defaults
-    a dead or frozen link is found within 20 s, and an idle connection sends a
-    frame every 10 s, well inside the server's 120 s idle close.
+    When no bytes have arrived, or none were sent, for ``interval`` seconds the
+    client sends a ping;
+    if no bytes at all arrive within ``timeout`` seconds after it, the connection
+    is taken as dead and the client reconnects (and resumes the session). Bytes,
+    not whole frames, count: a large result still arriving keeps the link alive.
+    The ping never waits behind a send in progress; a send that makes no progress
+    for ``timeout`` after the ping was due (a frozen link) counts as dead too.
+    With the defaults (the legacy official SDK's: a ping after 5 s, 5 s for the
+    answer) a dead or frozen link is found within about 10 s, and an idle
+    connection sends a 15-byte frame every 5 s, well inside the server's 120 s
+    idle close.
 
     Attributes:
-        interval: idle seconds before a ping; None turns the heartbeat off.
-        timeout: seconds to wait for an answer to a ping.
+        interval: idle seconds (in either direction) before a ping; None turns
+            the heartbeat off.
+        timeout: seconds to wait for a sign of life after a ping.
     """
 
-    interval: float | None = attrs.field(default=10.0, validator=_optional_positive)
-    timeout: float = attrs.field(default=10.0, validator=_positive)
+    interval: float | None = attrs.field(default=5.0, validator=_optional_positive)
+    timeout: float = attrs.field(default=5.0, validator=_positive)
 
 
 class Deadline:

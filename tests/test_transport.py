@@ -188,3 +188,17 @@ def test_close_sends_a_close_frame(server: RawServer, transport: Transport) -> N
     transport.close(1001)
     assert server.read_frame()[:2] == (0x8, (1001).to_bytes(2, "big"))
     assert server.connected().recv(1) == b""
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux socket options")
+def test_the_socket_has_keepalive_and_a_user_timeout(
+    server: RawServer, transport: Transport
+) -> None:
+    """The client socket has TCP_NODELAY, keepalive and a 60 s TCP_USER_TIMEOUT set."""
+    sock = socket.fromfd(transport._sock.real.fileno(), socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 60_000
+    finally:
+        sock.close()
