@@ -73,6 +73,8 @@ PROTOCOL_ERROR, INVALID_PAYLOAD, MESSAGE_TOO_BIG = 1002, 1007, 1009
 
 #: Text messages this large are handed on undecoded (protocol.decode cuts base64 out).
 _DIRECT = 64 * 1024
+#: Bytes asked of the socket per read (websocket-client asks for less, several times).
+_READ_AHEAD = 64 * 1024
 #: Bytes a frame header may add to its payload (RFC 6455 §5.2: at most 14).
 _HEADER_MAX = 14
 #: How long close() waits for the server's close frame.
@@ -164,23 +166,47 @@ class _Socket:
         self.budget: int | None = None
         #: while set, every read ends by this monotonic time
         self.deadline: float | None = None
+        # Bytes read from the socket and not yet handed to websocket-client.
+        self._ahead: memoryview | None = None
+        self._at = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 
+    def gettimeout(self) -> float | None:  # called before every read: skip __getattr__
+        return self.real.gettimeout()
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
     def recv(self, size: int) -> bytes:
-        if self.deadline is not None:
-            left = self.deadline - time.monotonic()
-            if left <= 0:  # never a 0 s timeout: that is non-blocking mode
-                raise TimeoutError("timed out")
-            self.real.settimeout(left)
-        data = self.real.recv(size)
-        if data:
+        # websocket-client asks for each part of a frame apart (the 2-byte header,
+        # the length, the payload in pieces of at most 16 KiB): one socket read of up
+        # to _READ_AHEAD bytes serves several of those asks.
+        if self._ahead is not None:
+            start = self._at
+            data = bytes(self._ahead[start : start + size])
+            self._at = start + len(data)
+            if self._at >= len(self._ahead):
+                self._ahead.release()
+                self._ahead = None
+        else:
+            if self.deadline is not None:
+                left = self.deadline - time.monotonic()
+                if left <= 0:  # never a 0 s timeout: that is non-blocking mode
+                    raise TimeoutError("timed out")
+                self.real.settimeout(left)
+            data = self.real.recv(max(size, _READ_AHEAD))
+            if not data:
+                return data
             self.last_received = time.monotonic()
-            if self.budget is not None:
-                self.budget -= len(data)
-                if self.budget < 0:
-                    raise _TooBig("a message larger than max_message_size")
+            if len(data) > size:
+                self._ahead, self._at = memoryview(data), size
+                data = data[:size]
+        if self.budget is not None:
+            self.budget -= len(data)
+            if self.budget < 0:
+                raise _TooBig("a message larger than max_message_size")
         return data
 
     def send(self, data: bytes) -> int:

@@ -13,6 +13,7 @@ cases check what it returns and answers instead.) Case ids are Autobahn's number
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -57,10 +58,7 @@ def run(data: bytes, *, chop: int | None = None) -> Outcome:
         transport = Transport.connect(server.url, timeout=seconds(5))
         transport.settimeout(seconds(5))  # a bug must fail the test, not hang it
         conn = server.connected()
-        step = chop or len(data) or 1
-        writer = threading.Thread(
-            target=lambda: [conn.sendall(data[i : i + step]) for i in range(0, len(data), step)]
-        )
+        writer = threading.Thread(target=_write, args=(conn, data, chop or len(data) or 1))
         writer.start()
         try:
             while True:
@@ -77,6 +75,14 @@ def run(data: bytes, *, chop: int | None = None) -> Outcome:
     finally:
         server.close()
     return outcome
+
+
+def _write(conn: socket.socket, data: bytes, step: int) -> None:
+    try:
+        for start in range(0, len(data), step):
+            conn.sendall(data[start : start + step])
+    except OSError:
+        return  # the client failed the connection before everything was written
 
 
 def closed_normally(*messages: object, answers: list[tuple[int, bytes]] | None = None) -> Outcome:
