@@ -309,7 +309,9 @@ def test_500_forced_reconnects_leave_no_descriptor_open(emulator: Emulator) -> N
                 assert reconnected.wait_for(lambda n=n: count[0] == n + 1, seconds(5))
         assert len(client.text2img("after 500 reconnects", model=4)) == 1
         assert emulator.connections_opened == 501
-        assert open_fds() == before
+        # The count includes the emulator's own descriptors (same process), which
+        # may be fewer at the end than at the start; never more.
+        assert open_fds() <= before
 
 
 def test_a_dead_connections_partial_frame_is_released(emulator: Emulator) -> None:
