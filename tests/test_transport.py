@@ -15,8 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
+import diffusionmaster
 from diffusionmaster._transport import Transport
-from diffusionmaster.errors import ConnectionFailedError
+from diffusionmaster.errors import ConnectionFailedError, InvalidArgumentError
 
 from .conftest import seconds
 from .rawws import RawServer, frame
@@ -202,3 +203,12 @@ def test_the_socket_has_keepalive_and_a_user_timeout(
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 60_000
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("value", [0, 1023, -1, 1.5, "big", True])
+def test_a_bad_max_message_size_is_refused_before_connecting(value: object) -> None:
+    """Client(max_message_size=...) takes an int >= 1024 or None, checked before any connection."""
+    with pytest.raises(
+        InvalidArgumentError, match=r"^max_message_size: must be an integer >= 1024"
+    ):
+        diffusionmaster.Client("key", url="ws://127.0.0.1:9/", max_message_size=value)  # type: ignore[arg-type]
