@@ -573,3 +573,19 @@ def _read_into(transport: Transport, errors: list[BaseException]) -> None:
         transport.recv()
     except BaseException as exc:
         errors.append(exc)
+
+
+def test_nothing_is_sent_after_the_close_handshake() -> None:
+    """Once the server's close frame is answered, send() fails and writes nothing."""
+    server = RawServer()
+    try:
+        transport = Transport.connect(server.url, timeout=seconds(5))
+        transport.settimeout(seconds(5))
+        server.send(close(1001))
+        assert transport.recv() is None
+        with pytest.raises(ConnectionFailedError, match="closed"):
+            transport.send('{"ping":true}')
+        transport.abort()
+        assert server.frames_until_eof() == [(CLOSE, code(1001))]
+    finally:
+        server.close()
