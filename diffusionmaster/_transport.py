@@ -278,19 +278,20 @@ class Transport:
             watchdog.daemon = True
             watchdog.start()
         try:
-            ws.connect(url, timeout=timeout, suppress_origin=True, **options)  # type: ignore[no-untyped-call,unused-ignore]
+            try:
+                ws.connect(url, timeout=timeout, suppress_origin=True, **options)  # type: ignore[no-untyped-call,unused-ignore]
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
+                    watchdog.join()  # from here on, the watchdog cannot touch the socket
             if expired.is_set():
-                raise TimeoutError("timed out")
+                raise TimeoutError("timed out")  # it fired just as the upgrade ended
         except _TRANSLATED as exc:
             with contextlib.suppress(Exception):
                 ws.shutdown()  # type: ignore[no-untyped-call,unused-ignore]
             if expired.is_set():
                 raise ConnectionFailedError(f"cannot connect to {url}: timed out") from exc
             raise _failure(f"cannot connect to {url}", exc) from exc
-        finally:
-            if watchdog is not None:
-                watchdog.cancel()
-                watchdog.join()
         return cls(ws, url, max_message_size=max_message_size)
 
     # -- timing --------------------------------------------------------------------
