@@ -7,6 +7,7 @@ import enum
 import math
 import re
 import threading
+import urllib.parse
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
 
@@ -94,14 +95,22 @@ def _listing(values: Iterable[Any]) -> str:
     return ", ".join(str(v) for v in values)
 
 
+def _member(value: str, table: type[E]) -> E | None:
+    """The member of ``table`` named ``value`` (any case, ``-`` for ``_``), or None."""
+    return table.__members__.get(value.strip().upper().replace("-", "_"))
+
+
 def table_id(name: str, value: object, table: type[E]) -> int:
-    """An id of an IntEnum table (the enum member or its int value)."""
+    """An id of an IntEnum table: the member, its int value, or its name in any case
+    (``"DPMPP_2M_KARRAS"``, ``"dpmpp-2m-karras"``)."""
     if _is_int(value):
         assert isinstance(value, int)
         try:
             return int(table(value))
         except ValueError:
             pass
+    elif isinstance(value, str) and (member := _member(value, table)) is not None:
+        return int(member)
     allowed = _listing(f"{m.value} ({m.name})" for m in table)
     raise InvalidArgumentError(name, f"must be one of {allowed}; got {value!r}")
 
@@ -131,29 +140,71 @@ def air(name: str, value: object) -> str:
 
 
 def model(name: str, value: object) -> int | str:
-    """A model id of the table (§8.3) or an AIR string such as ``civitai:4201@130072``."""
+    """A model of the table (§8.3): the member, its id or its name (``"SDXL_V1_0"``, any
+    case), or an AIR string such as ``civitai:4201@130072``."""
     if isinstance(value, str):
         if _AIR.fullmatch(value):
             return value
+        member = _member(value, tables.Model)
+        if member is not None:
+            return int(member)
+        names = _listing(m.name for m in tables.Model)
         raise InvalidArgumentError(
-            name, f"a model string must look like 'civitai:4201@130072', got {value!r}"
+            name,
+            f"a model string must look like 'civitai:4201@130072' or name a model of "
+            f"the table ({names}), got {value!r}",
         )
     return table_id(name, value, tables.Model)
 
 
+#: ``WIDTHxHEIGHT``, as the size table's names and the command line spell a size.
+_DIMENSIONS = re.compile(r"\s*([0-9]+)\s*[xX]\s*([0-9]+)\s*")
+
+
 def size(name: str, value: object) -> int:
-    """A ``sizeId``: a :class:`~diffusionmaster.tables.Size`, an id, or ``(width, height)``."""
+    """A ``sizeId``: a :class:`~diffusionmaster.tables.Size` (or its name, such as
+    ``"W512_H768"``), an id, ``(width, height)`` or ``"WIDTHxHEIGHT"`` (``"512x768"``)."""
+    dimensions: tuple[object, ...] | None = None
     if isinstance(value, (tuple, list)) and len(value) == 2:
         dimensions = tuple(value)
-        for size_id, dims in tables.SIZES.items():
-            if dims == dimensions and all(_is_int(v) for v in dimensions):
-                return size_id
+    elif isinstance(value, str):
+        match = _DIMENSIONS.fullmatch(value)
+        if match:
+            dimensions = (int(match[1]), int(match[2]))
+        elif (member := _member(value, tables.Size)) is not None:
+            return int(member)
     elif _is_int(value) and value in tables.SIZES:
         return int(value)  # type: ignore[arg-type,unused-ignore]
+    if dimensions is not None and all(_is_int(v) for v in dimensions):
+        for size_id, dims in tables.SIZES.items():
+            if dims == dimensions:
+                return size_id
     allowed = _listing(f"{w}x{h}" for w, h in tables.SIZES.values())
     raise InvalidArgumentError(
         name, f"unsupported size {value!r}; supported (width, height): {allowed}"
     )
+
+
+def url(name: str, value: object) -> str:
+    """A WebSocket URL: ``ws://`` or ``wss://``, a host, and a valid port if any."""
+    problem = None
+    if not isinstance(value, str):
+        problem = f"must be a ws:// or wss:// URL, got {value!r}"
+    else:
+        try:
+            parts = urllib.parse.urlsplit(value)
+            parts.port  # noqa: B018 - parsing the port raises ValueError when it is invalid
+        except ValueError as exc:
+            problem = f"is not a valid URL ({exc}): {value!r}"
+        else:
+            if parts.scheme not in ("ws", "wss"):
+                problem = f"must start with ws:// or wss://, got {value!r}"
+            elif not parts.hostname:
+                problem = f"has no host name: {value!r}"
+    if problem is not None:
+        raise InvalidArgumentError(name, problem)
+    assert isinstance(value, str)
+    return value
 
 
 def optional(check: Callable[..., T], name: str, value: object, *args: Any) -> T | None:

@@ -114,7 +114,8 @@ class Client:
             (close code 1009, logged); the client reconnects and resumes the session.
 
     Raises:
-        InvalidArgumentError: no API key, or an unknown environment.
+        InvalidArgumentError: no API key, an unknown environment, or a URL that is
+            not ``ws://`` or ``wss://`` with a host.
         AuthenticationError: the server refused the key.
         ConnectionFailedError: the server could not be reached.
     """
@@ -141,13 +142,14 @@ class Client:
             raise InvalidArgumentError(
                 "api_key", f"no API key: pass api_key= or set the {API_KEY_VARIABLE} variable"
             )
+        url_given = url is not None
         if url is None:
             url = os.environ.get(URL_VARIABLE) or ENDPOINTS.get(environment)
             if url is None:
                 raise InvalidArgumentError(
                     "environment", f"must be one of {', '.join(ENDPOINTS)}; got {environment!r}"
                 )
-        self.url = url
+        self.url = _validate.url("url" if url_given else URL_VARIABLE, url)
         self.timeout = _validate.duration("timeout", timeout)
         connect_timeout = _validate.duration("connect_timeout", connect_timeout)
         # _lock guards _uploads, _executor, _batches and _closed. _uploads maps the

@@ -130,16 +130,17 @@ class Heartbeat:
     """The application-level heartbeat (``{"ping": true}``).
 
     When no bytes have arrived, or none were sent, for ``interval`` seconds the
-    client sends a ping;
-    if no bytes at all arrive within ``timeout`` seconds after it, the connection
-    is taken as dead and the client reconnects (and resumes the session). Bytes,
-    not whole frames, count: a large result still arriving keeps the link alive.
-    The ping never waits behind a send in progress; a send that makes no progress
-    for ``timeout`` after the ping was due (a frozen link) counts as dead too.
-    With the defaults (the legacy official SDK's: a ping after 5 s, 5 s for the
-    answer) a dead or frozen link is found within about 10 s, and an idle
-    connection sends a 15-byte frame every 5 s, well inside the server's 120 s
-    idle close.
+    client sends a ping; if no bytes at all arrive within ``timeout`` seconds after
+    it, the connection is taken as dead and the client reconnects (and resumes the
+    session). Bytes, not whole frames, count: a large result still arriving keeps
+    the link alive. The ping never waits behind a send in progress; a send that
+    makes no progress for ``timeout`` after the ping was due (a frozen link) counts
+    as dead too. With the defaults a dead or frozen link is found within about 10 s
+    of its last sign of life, as the legacy official SDK did (ping every 5 s, give
+    up after 10 s), and an idle connection sends a 13-byte frame every 5 s, well
+    inside the server's 120 s idle close. Every second a half-open link goes
+    unnoticed is a second in which the server may write results into it that nobody
+    will read: see the README, "Reconnect and resume".
 
     Attributes:
         interval: idle seconds (in either direction) before a ping; None turns

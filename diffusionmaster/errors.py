@@ -28,6 +28,7 @@ session meanwhile, a :class:`SessionExpiredError`); it is never reported as an
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "AuthenticationError",
@@ -45,7 +46,28 @@ __all__ = [
 
 
 class DiffusionMasterError(Exception):
-    """Root of every exception raised by diffusionmaster."""
+    """Root of every exception raised by diffusionmaster.
+
+    Every exception of the tree pickles with its message and attributes, so it
+    crosses process boundaries (a ``multiprocessing`` pool, Celery's pickle
+    serialiser) as itself.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own reduce calls cls(*self.args) on load, which fails for the
+        # keyword-only attributes of the subclasses (and then kills a multiprocessing
+        # pool's result thread): rebuild without __init__ instead.
+        return (_rebuild, (type(self), self.args, self.__dict__.copy()))
+
+
+def _rebuild(
+    cls: type[DiffusionMasterError], args: tuple[Any, ...], state: dict[str, Any]
+) -> DiffusionMasterError:
+    """Unpickle an exception of the tree: its args and attributes, without ``__init__``."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidArgumentError(DiffusionMasterError, ValueError):

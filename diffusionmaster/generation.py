@@ -32,15 +32,17 @@ class GenerationOptions(TypedDict, total=False):
         negative_prompt: what to avoid; sent with the ``-no`` convention
             (``"<prompt> -no <negative_prompt>"``).
         number_results: how many images (>= 1; default 1).
-        size: a :class:`~diffusionmaster.Size`, a ``sizeId``, or ``(width, height)``
-            from the size table (default 512x512).
-        model: a :class:`~diffusionmaster.Model`, its id, or an AIR string such as
-            ``"civitai:4201@130072"`` (default ``Model.REV_ANIMATED_V1_2_2``).
+        size: a :class:`~diffusionmaster.Size`, a ``sizeId``, ``(width, height)`` or
+            ``"WIDTHxHEIGHT"`` from the size table, e.g. ``"512x768"`` (default 512x512).
+        model: a :class:`~diffusionmaster.Model`, its id, its name (``"SDXL_V1_0"``),
+            or an AIR string such as ``"civitai:4201@130072"`` (default
+            ``Model.REV_ANIMATED_V1_2_2``).
         steps: inference steps (1 to 1000; server default 20).
         guidance: guidance scale, 0 to 10 (server default 7.5).
         seed: >= 1; each further image uses seed + 1. Random when absent.
-        scheduler: a :class:`~diffusionmaster.Scheduler` or its id.
-        style: a :class:`~diffusionmaster.Style` or its id.
+        scheduler: a :class:`~diffusionmaster.Scheduler`, its id or its name
+            (``"DPMPP_2M_KARRAS"``); absent: the model's own scheduler.
+        style: a :class:`~diffusionmaster.Style`, its id or its name (``"ANIME"``).
         clip_skip: 0 to 2.
         language_id: the prompt's ``promptLanguageId`` (1 to 298, 1 is English);
             absent: detected by the server.
@@ -61,13 +63,13 @@ class GenerationOptions(TypedDict, total=False):
 
     negative_prompt: str | None
     number_results: int
-    size: tables.Size | int | tuple[int, int]
+    size: tables.Size | int | tuple[int, int] | str
     model: tables.Model | int | str
     steps: int | None
     guidance: float | None
     seed: int | None
-    scheduler: tables.Scheduler | int | None
-    style: tables.Style | int | None
+    scheduler: tables.Scheduler | int | str | None
+    style: tables.Style | int | str | None
     clip_skip: int | None
     language_id: int | None
     use_cache: bool | None

@@ -11,12 +11,14 @@ import io
 import os
 import re
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from . import _http
+from .errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -53,15 +55,31 @@ _SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "web
 
 
 class _Content:
-    """The bytes of an image, fetched or decoded at most once (thread-safe)."""
+    """The bytes of an image, fetched or decoded at most once (thread-safe).
 
-    __slots__ = ("_base64", "_data", "_lock", "downloader")
+    Copying and pickling keep the bytes already in memory (the base64 text the
+    server sent, or the bytes decoded or downloaded) and never download. A pickled
+    copy forgets its downloader (a client's pool of sockets belongs to one process):
+    it downloads, when it must, through the process's own default downloader,
+    which is fork-safe like every :class:`~diffusionmaster._http.Downloader`. A deep
+    copy in the same process keeps the downloader.
+    """
 
-    def __init__(self, base64_data: str | None, downloader: _http.Downloader | None = None) -> None:
+    __slots__ = ("_base64", "_data", "_lock", "downloader", "inline")
+
+    def __init__(
+        self,
+        base64_data: str | None,
+        downloader: _http.Downloader | None = None,
+        data: bytes | None = None,
+        inline: bool | None = None,
+    ) -> None:
         self._base64 = base64_data
         #: what downloads the image (its client's pool; None: the process default)
         self.downloader = downloader
-        self._data: bytes | None = None
+        self._data: bytes | None = data
+        #: whether the bytes came with the result (base64), not from a download
+        self.inline = base64_data is not None if inline is None else inline
         self._lock = threading.Lock()
 
     def get(self, url: str | None, timeout: float | None) -> bytes:
@@ -83,6 +101,41 @@ class _Content:
     def cached(self) -> bool:
         return self._data is not None or self._base64 is not None
 
+    def snapshot(self) -> tuple[str | None, bytes | None]:
+        """(base64 text, bytes) as they are now, without waiting for a download.
+
+        Lock-free on purpose (pickling must not wait for another thread's download):
+        get() sets ``_data`` before it clears ``_base64``, so reading ``_base64``
+        first never misses both.
+        """
+        text = self._base64
+        data = self._data
+        return (None if data is not None else text), data
+
+    def base64_text(self) -> str | None:
+        """The bytes as base64 text when they came with the result (cheap), else None."""
+        if not self.inline:
+            return None
+        text, data = self.snapshot()
+        if text is not None:
+            return text
+        return None if data is None else base64.b64encode(data).decode("ascii")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The lock cannot be pickled and the downloader must not be (its sockets
+        # belong to this process): rebuilt empty / the process default on load.
+        text, data = self.snapshot()
+        return (_Content, (text, None, data, self.inline))
+
+    def __copy__(self) -> _Content:
+        text, data = self.snapshot()
+        return _Content(text, self.downloader, data, self.inline)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Content:
+        # str and bytes are immutable: sharing them is a deep copy. The downloader is
+        # a resource of this process, shared like the client that owns it.
+        return self.__copy__()
+
 
 @attrs.frozen
 class Image:
@@ -94,6 +147,14 @@ class Image:
     ``to_pil()`` opens it with Pillow. In Jupyter an Image displays inline. Pass an
     Image straight to any call that takes an image: it is referenced by UUID, not
     uploaded again. Immutable and thread-safe.
+
+    Images travel: they pickle (for ``multiprocessing`` and Celery's pickle
+    serialiser), ``copy.deepcopy``, and have a plain-dict form for JSON
+    (:meth:`to_dict`, :meth:`from_dict`). A pickled or copied image carries the
+    bytes it holds in memory (the base64 data of the result, or bytes already read)
+    and never downloads to be pickled; an image without bytes downloads them from
+    :attr:`url` when read, in the process that reads it, through that process's own
+    connection pool (never the sockets of the process that pickled it).
 
     Attributes:
         uuid: the server's image UUID; pass the Image itself to other calls to reuse it.
@@ -129,6 +190,80 @@ class Image:
     ) -> Image:
         content = _Content(base64_data, downloader)
         return cls(uuid, url, task_uuid, nsfw, cost, alt_text, _content=content)
+
+    def to_dict(self, *, include_data: bool | None = None) -> dict[str, Any]:
+        """Return the image as a plain dict of JSON types, for JSON serialisers (Celery).
+
+        :meth:`from_dict` makes the Image again. The keys are ``uuid``, ``url``,
+        ``task_uuid``, ``nsfw``, ``cost``, ``alt_text`` and ``base64`` (the file's
+        bytes as base64 text, or None). Example::
+
+            payload = json.dumps(image.to_dict())
+            again = Image.from_dict(json.loads(payload))
+
+        Args:
+            include_data: whether ``base64`` carries the bytes. None (the default):
+                only when they came with the result (``return_base64=True``), which
+                costs no download; images with a URL are downloaded again by whoever
+                reads them. True: always (reads, so downloads, the image if needed;
+                base64 is a third larger than the file). False: never.
+
+        Raises:
+            RequestTimeoutError, ConnectionFailedError, DownloadError: with
+                ``include_data=True``, the download failed.
+        """
+        if include_data is None:
+            encoded = self._content.base64_text()
+        elif include_data:
+            encoded = self._content.base64_text()
+            if encoded is None:
+                encoded = base64.b64encode(self.read()).decode("ascii")
+        else:
+            encoded = None
+        return {
+            "uuid": self.uuid,
+            "url": self.url,
+            "task_uuid": self.task_uuid,
+            "nsfw": self.nsfw,
+            "cost": self.cost,
+            "alt_text": self.alt_text,
+            "base64": encoded,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Image:
+        """Make an Image from the dict of :meth:`to_dict` (keys other than ``uuid`` optional).
+
+        The image reads its bytes from ``base64`` when present, else downloads them
+        from ``url`` (through the process's own downloader: no client is needed).
+        Unknown keys are ignored.
+
+        Raises:
+            InvalidArgumentError: ``data`` is not a mapping, a value has the wrong
+                type (the message names the key), or ``base64`` is not valid base64.
+        """
+        data = _mapping(data)
+        encoded = _optional(data, "base64", str)
+        content = _Content(None)
+        if encoded is not None:
+            try:
+                decoded = base64.b64decode(encoded, validate=True)
+            except binascii.Error as exc:
+                raise InvalidArgumentError("data['base64']", f"not valid base64: {exc}") from exc
+            content = _Content(None, data=decoded, inline=True)
+        nsfw = _optional(data, "nsfw", bool)
+        cost = _optional(data, "cost", (int, float))
+        if isinstance(cost, bool):
+            raise InvalidArgumentError("data['cost']", "must be a number or None, got bool")
+        return cls(
+            _required_uuid(data),
+            url=_optional(data, "url", str),
+            task_uuid=_optional(data, "task_uuid", str),
+            nsfw=nsfw,
+            cost=None if cost is None else float(cost),
+            alt_text=_optional(data, "alt_text", str),
+            _content=content,
+        )
 
     def read(self, *, timeout: float | None = 60.0) -> bytes:
         """Return the image file's bytes (PNG, JPEG or WEBP).
@@ -288,6 +423,47 @@ class UploadedImage:
     uuid: str
     url: str | None = None
     task_uuid: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a plain dict of JSON types (``uuid``, ``url``, ``task_uuid``)."""
+        return {"uuid": self.uuid, "url": self.url, "task_uuid": self.task_uuid}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UploadedImage:
+        """Make an UploadedImage from the dict of :meth:`to_dict`; unknown keys are ignored.
+
+        Raises:
+            InvalidArgumentError: ``data`` is not a mapping or a value has the wrong type.
+        """
+        data = _mapping(data)
+        return cls(
+            _required_uuid(data),
+            url=_optional(data, "url", str),
+            task_uuid=_optional(data, "task_uuid", str),
+        )
+
+
+def _mapping(data: Any) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise InvalidArgumentError("data", f"must be a dict, got {type(data).__name__}")
+    return data
+
+
+def _required_uuid(data: Mapping[str, Any]) -> str:
+    value = data.get("uuid")
+    if not isinstance(value, str) or not value:
+        raise InvalidArgumentError("data['uuid']", f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _optional(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = data.get(key)
+    if value is not None and not isinstance(value, kind):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise InvalidArgumentError(
+            f"data[{key!r}]", f"must be {names} or None, got {type(value).__name__}"
+        )
+    return value
 
 
 @attrs.frozen

@@ -349,10 +349,15 @@ class Unknown:
 
 @attrs.frozen
 class Invalid:
-    """A frame (or an item of one) that cannot be decoded, but names the tasks it was for."""
+    """A frame (or items of one) that cannot be decoded, but names the tasks it was for.
+
+    ``valid`` is the rest of the frame when only some of its items were bad: the
+    images (or texts) that did decode, for the other tasks (None when nothing did).
+    """
 
     error: ProtocolError
     task_uuids: tuple[str, ...]
+    valid: ImagesResult | TextsResult | None = None
 
 
 Event = Union[
@@ -530,8 +535,10 @@ def _error(frame: dict[str, Any]) -> ServerError:
     error_id = frame.get("errorId")
     task_uuid = frame.get("taskUUID")
     message = frame.get("errorMessage")
+    if not isinstance(message, str):  # never str() a structure: it may be huge or deep
+        message = "" if message is None else f"(errorMessage of type {type(message).__name__})"
     return ServerError(
-        error_message=message if isinstance(message, str) else str(message or ""),
+        error_message=message,
         error_id=error_id if _is_int(error_id) else None,
         task_uuid=task_uuid if isinstance(task_uuid, str) else None,
     )
@@ -603,7 +610,12 @@ def _load_large(data: bytes | bytearray) -> dict[str, Any] | None:
 
 
 def decode(text: str | bytes | bytearray) -> Event:
-    """Parse one frame received from the server.
+    """Parse one frame received from the server. Never raises anything but ProtocolError.
+
+    Any input is safe: JSON nested too deep to parse, numbers too long to convert,
+    an allocation that fails, and wrong types at any level all end in a
+    :class:`~diffusionmaster.errors.ProtocolError` (or an :class:`Invalid`), so a
+    hostile frame costs at most that frame.
 
     Args:
         text: the frame's text (``str``, or UTF-8 ``bytes`` / ``bytearray``).
@@ -612,10 +624,70 @@ def decode(text: str | bytes | bytearray) -> Event:
         An event: :class:`SessionEstablished`, :class:`ServerError`, :class:`Pong`,
         :class:`ImagesResult`, :class:`UploadResult`, :class:`TextsResult`,
         :class:`PreprocessResult`, or :class:`Unknown` for a frame it does not know.
+        :class:`Invalid` for a frame that cannot be decoded but names tasks (each
+        ``taskUUID`` it holds), with the images or texts that did decode, if any:
+        one bad item costs only the task it names.
 
     Raises:
-        ProtocolError: malformed JSON, or a known frame with a missing or mistyped field.
+        ProtocolError: a frame that cannot be decoded and names no task.
     """
+    try:
+        return _decode(text)
+    except ProtocolError as exc:
+        error = exc
+    except Exception as exc:  # RecursionError (deep nesting), MemoryError, ...: that frame only
+        error = ProtocolError(f"frame cannot be decoded: {type(exc).__name__}: {exc!s:.200}")
+        error.__cause__ = exc
+    _release(error)
+    try:
+        named = _task_uuids_in(text)
+    except Exception:  # pragma: no cover - the search itself failed (no memory): name nothing
+        named = ()
+    if named:
+        return Invalid(error, named)
+    raise error
+
+
+def _release(error: BaseException) -> None:
+    """Drop the tracebacks of ``error`` and its causes: they would keep the frame alive."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+
+
+#: At most this many task UUIDs are taken from a frame that cannot be decoded.
+MAX_NAMED = 1024
+_TASK_UUID = re.compile(r'"taskUUID"[ \t\n\r]*:[ \t\n\r]*"([^"\\]{1,128})"')
+_TASK_UUID_BYTES = re.compile(_TASK_UUID.pattern.encode())
+
+
+def _task_uuids_in(text: str | bytes | bytearray) -> tuple[str, ...]:
+    """The distinct ``taskUUID`` string values in the raw text of a frame, in order.
+
+    Used only for frames that cannot be parsed or structured, to fail the tasks
+    they were meant for at once rather than at their timeout.
+    """
+    found: dict[str, None] = {}
+    if isinstance(text, str):
+        for match in _TASK_UUID.finditer(text):
+            found[match.group(1)] = None
+            if len(found) >= MAX_NAMED:
+                break
+    else:
+        for raw in _TASK_UUID_BYTES.finditer(text):
+            try:
+                found[raw.group(1).decode("utf-8")] = None
+            except UnicodeDecodeError:
+                continue
+            if len(found) >= MAX_NAMED:
+                break
+    return tuple(found)
+
+
+def _decode(text: str | bytes | bytearray) -> Event:
     frame = None
     if not isinstance(text, str) and len(text) >= LARGE_FRAME:
         frame = _load_large(text)
@@ -629,13 +701,55 @@ def decode(text: str | bytes | bytearray) -> Event:
         key, body = next(iter(frame.items()))
         cls = _EVENT_KEYS.get(key)
         if cls is not None:
-            event = _structure(key, body, cls)
+            try:
+                event = _structure(key, body, cls)
+            except ProtocolError as exc:
+                if cls is ImagesResult or cls is TextsResult:
+                    return _partial(key, body, cls, exc)
+                raise
             # kind defaults to newImages / newReverseClip: evolve (slow) only for other keys.
             if (cls is ImagesResult or cls is TextsResult) and event.kind != key:
                 event = attrs.evolve(event, kind=key)
             return event  # type: ignore[no-any-return]
     key = next(iter(frame), "")
     return Unknown(key=key, payload=frame)
+
+
+def _partial(
+    key: str, body: Any, cls: type[ImagesResult] | type[TextsResult], error: ProtocolError
+) -> Invalid:
+    """Decode a list frame item by item, after decoding it whole failed.
+
+    Returns the items that decode (``Invalid.valid``) and the tasks named by those
+    that do not. Raises ``error`` when the frame itself (not an item) is bad: the
+    caller then names the tasks from the raw text.
+    """
+    field, item_cls = ("images", ImageItem) if cls is ImagesResult else ("texts", TextItem)
+    items = body.get(field) if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        raise error
+    shell: Any = _structure(key, {**body, field: []}, cls)  # the frame's own fields; raises if bad
+    good: list[Any] = []
+    bad: dict[str, None] = {}
+    problems: list[str] = []
+    for index, item in enumerate(items):
+        try:
+            good.append(_structure(f"{key}.{field}[{index}]", item, item_cls))
+        except ProtocolError as exc:
+            task_uuid = item.get("taskUUID") if isinstance(item, dict) else None
+            if isinstance(task_uuid, str):
+                bad[task_uuid] = None
+            problems.append(str(exc))
+    summary = "; ".join(problems[:3]) + (
+        f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+    )
+    invalid = ProtocolError(
+        f"{key}: {len(problems)} of {len(items)} items cannot be read: {summary}"
+    )
+    valid = attrs.evolve(shell, **{field: good}, kind=key) if good else None
+    if not bad and valid is None:
+        raise invalid
+    return Invalid(invalid, tuple(bad), valid)
 
 
 def decode_request(text: str | bytes) -> Request | Unknown:

@@ -19,7 +19,8 @@ Rules it keeps (protocol §9, "house rules"):
   so nothing is delivered twice.
 - A task error (an error frame with the task's UUID) fails that task alone; a
   frame that could not be decoded but names tasks (:class:`protocol.Invalid`)
-  fails those tasks with its :class:`~diffusionmaster.ProtocolError`.
+  fails those tasks with its :class:`~diffusionmaster.ProtocolError`; the items
+  of that frame that did decode are delivered to their tasks as usual.
 - After a reconnect: the same session UUID means a resume, and tasks go on
   waiting (optionally, unanswered ones are re-sent, same task UUID, so the
   server runs each at most once: house rule 6); a different UUID means the
@@ -200,7 +201,10 @@ class SessionCore(Generic[O]):
             )
         if isinstance(event, protocol.Invalid):
             error = event.error
-            return self._fail_named(list(event.task_uuids), lambda uuid: _invalid(error, uuid))
+            failed = self._fail_named(list(event.task_uuids), lambda uuid: _invalid(error, uuid))
+            # The items of the frame that did decode go to their tasks as usual (items
+            # of a task just failed count as unrouted).
+            return failed + (self.receive(event.valid) if event.valid is not None else [])
         fresh: dict[str, list[Any]] = {}
         for task_uuid, item in _by_task(event):
             entry = self._tasks.get(task_uuid)

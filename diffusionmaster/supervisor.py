@@ -53,6 +53,7 @@ from .errors import (
     AuthenticationError,
     ClientClosedError,
     ConnectionFailedError,
+    ProtocolError,
     ReentrancyError,
     RequestTimeoutError,
     SessionExpiredError,
@@ -214,17 +215,30 @@ class Supervisor:
     def start(self) -> None:
         """Connect and authenticate in the calling thread, then start supervising.
 
+        One attempt, not retried: a failure is raised to the caller (the client's
+        constructor) at once, and the state becomes ``failed``.
+
         Raises:
-            AuthenticationError, ConnectionFailedError: the first connection failed.
+            AuthenticationError: the server refused the key.
+            ConnectionFailedError: the network failed, or the server's reply to
+                ``newConnection`` could not be read (caused by a ProtocolError).
         """
         with self._start_lock:
             if self._started:
                 return
+            logger.info("connecting to %s", self._url)
             try:
                 transport, session_uuid = authenticate(
                     self._url, self._api_key, None, timeout=self._connect_timeout,
                     options=self._options,
                 )  # fmt: skip
+            except ProtocolError as exc:
+                # A reply we cannot read is a failed connection, as a network failure is.
+                self._last_error = _detached(exc)
+                self._set_state(State.FAILED)
+                raise ConnectionFailedError(
+                    f"the server's reply to newConnection cannot be read: {exc}"
+                ) from exc
             except BaseException as exc:
                 self._last_error = _detached(exc)
                 self._set_state(State.FAILED)
@@ -413,12 +427,27 @@ class Supervisor:
                 return
             with self._cond:
                 self._sending.pop(call, None)
-            logger.debug("sent %s task %s", call.kind, call.task_uuid)
+            logger.debug(
+                "sent %s task %s: %d result(s) expected", call.kind, call.task_uuid, call.expected
+            )
 
     # -- internals: receiving --------------------------------------------------------------
 
     def _route(self, event: protocol.Event) -> None:
-        # Runs on the reader thread: one short locked step, then queue puts only.
+        # Runs on the reader thread, which must outlive any one event: a failure here
+        # (a bug) costs that event only, and is logged.
+        try:
+            self._route_event(event)
+        except Exception:
+            logger.exception("could not route a %s event; dropped it", type(event).__name__)
+
+    def _route_event(self, event: protocol.Event) -> None:
+        # One short locked step, then queue puts only.
+        if isinstance(event, protocol.Invalid):
+            logger.warning(
+                "a frame cannot be decoded (it names %d task(s)): %s",
+                len(event.task_uuids), event.error,
+            )  # fmt: skip
         if isinstance(event, protocol.ServerError) and event.task_uuid is None:
             logger.warning("server error (errorId %s): %s", event.error_id, event.error_message)
             return
@@ -574,17 +603,26 @@ class Supervisor:
                 self._wake.wait(min(timeouts) if timeouts else None)
                 self._wake.clear()
         except BaseException as exc:  # a bug: never leave calls waiting on a dead thread
-            logger.exception("supervisor thread failed")
-            self._fail_for_good(exc)
+            logger.exception("supervisor thread failed; the client has failed for good")
+            try:
+                self._fail_for_good(exc)
+            except BaseException:  # pragma: no cover - a bug in the failing itself
+                logger.exception("could not fail the waiting calls")
 
     def _fail_for_good(self, error: BaseException) -> None:
+        # The terminal state: every waiting call fails now, every later call at once.
         with self._cond:
             if self._state is State.CLOSED:
                 return
             self._last_error = _detached(error)
             failed = self._core.fail_all()
+            self._timers.clear()
             conn, self._conn = self._conn, None
+            draining = list(self._draining)
+            self._draining.clear()
             listeners = self._enter(State.FAILED)
+        for old in draining:
+            old.abort()
         if isinstance(error, AuthenticationError):
             self._fail(failed, lambda e: _caused(AuthenticationError(
                 str(error), error_id=error.error_id), error))  # fmt: skip
@@ -699,8 +737,13 @@ class Supervisor:
                 self._fail_for_good(exc)
                 return
             except Exception as exc:
-                # Any other failure (the network, or a reply we cannot read) is one
-                # failed attempt: logged, backed off, retried.
+                # Any other failure (the network, or a reply we cannot read, however
+                # malformed) is one failed attempt: logged, backed off, retried.
+                logger.log(
+                    logging.INFO if isinstance(exc, ConnectionFailedError) else logging.WARNING,
+                    "reconnect attempt failed (attempt %d): %s: %s",
+                    attempt, type(exc).__name__, exc,
+                )  # fmt: skip
                 self._last_error = _detached(exc)
                 if window.expired() and not given_up:
                     given_up = True

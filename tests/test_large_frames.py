@@ -92,7 +92,10 @@ def test_large_frames_of_another_shape_decode_as_from_str(text: str) -> None:
     assert protocol.decode(text.encode()) == protocol.decode(text)
 
 
-def test_a_malformed_large_frame_raises_protocol_error() -> None:
-    """A large frame that is not valid JSON raises ProtocolError, as a small one does."""
-    with pytest.raises(ProtocolError, match="malformed JSON"):
-        protocol.decode(_images_frame(BIG).encode()[:-1])
+def test_a_malformed_large_frame_is_a_protocol_error_for_its_task() -> None:
+    """A large frame that is not valid JSON fails the task it names, as a small one does."""
+    event = protocol.decode(_images_frame(BIG).encode()[:-1])
+    assert isinstance(event, protocol.Invalid)
+    assert event.task_uuids == ("t",)
+    assert isinstance(event.error, ProtocolError)
+    assert str(event.error).startswith("malformed JSON")

@@ -54,8 +54,11 @@ def test_documented_frame_decodes(name: str) -> None:
 def test_outlier_decodes_once_placeholder_is_typed(name: str) -> None:
     """An outlier is rejected as it stands and decodes once its placeholder has a real value."""
     path, value = OUTLIERS[name]
-    with pytest.raises(ProtocolError):
-        _decoder(name)(json.dumps(FRAMES[name]))
+    try:
+        rejected = isinstance(_decoder(name)(json.dumps(FRAMES[name])), protocol.Invalid)
+    except ProtocolError:
+        rejected = True
+    assert rejected
     event = _decoder(name)(json.dumps(_replace(FRAMES[name], path, value)))
     assert not isinstance(event, protocol.Unknown)
 
@@ -175,20 +178,138 @@ def test_unknown_fields_are_ignored() -> None:
         ("[1, 2]", "JSON list, expected an object"),
         ('{"newImages": {"images": [{"imageUUID": "i"}]}}', "missing required field 'taskUUID'"),
         ('{"newImages": []}', "newImages: expected an object"),
+        ('{"newUploadedImageUUID": {"taskUUID": 5, "newImageUUID": "n"}}', "expected string"),
+    ],
+)
+def test_malformed_frames_raise_protocol_error(text: str, message: str) -> None:
+    """Malformed JSON or a known frame with missing or mistyped fields, naming no task, raises."""
+    with pytest.raises(ProtocolError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        protocol.decode(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
         (
             '{"newUploadedImageUUID": {"taskUUID": "t", "newImageUUID": null}}',
             "newUploadedImageUUID: invalid field: expected string, got NoneType",
         ),
         (
             '{"newImages": {"images": [{"taskUUID": "t", "imageUUID": "i", "bNSFWContent": 1}]}}',
+            "newImages: 1 of 1 items cannot be read: newImages.images[0]: invalid field: "
             "expected boolean, got int",
         ),
+        ('{"newImages": {"images": 7, "x": {"taskUUID": "t"}}}', "newImages: invalid field"),
+        ('{"newReverseClip": {"taskUUID": "t", "texts": ' + "[" * 100_000 + "}", "RecursionError"),
     ],
 )
-def test_malformed_frames_raise_protocol_error(text: str, message: str) -> None:
-    """Malformed JSON or a known frame with missing or mistyped fields raises ProtocolError."""
-    with pytest.raises(ProtocolError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        protocol.decode(text)
+def test_malformed_frame_naming_a_task_decodes_to_invalid(text: str, message: str) -> None:
+    """A malformed frame that names a task decodes to Invalid for that task, with the reason."""
+    event = protocol.decode(text)
+    assert isinstance(event, protocol.Invalid)
+    assert event.task_uuids == ("t",)
+    assert event.valid is None
+    assert isinstance(event.error, ProtocolError)
+    assert message in str(event.error)
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_nesting_too_deep_raises_protocol_error(as_bytes: bool) -> None:
+    """JSON nested 200,000 deep raises ProtocolError (not RecursionError)."""
+    text = "[" * 200_000 + "]" * 200_000
+    with pytest.raises(ProtocolError, match="frame cannot be decoded: RecursionError") as info:
+        protocol.decode(text.encode() if as_bytes else text)
+    assert isinstance(info.value.__cause__, RecursionError)
+
+
+def test_decode_errors_keep_no_traceback() -> None:
+    """An undecodable frame's error and its cause hold no traceback (nor, so, the frame)."""
+    event = protocol.decode('{"newImages": {"images": [{"taskUUID": "t", "x": ' + "[" * 9999 + "}")
+    assert isinstance(event, protocol.Invalid)
+    assert event.error.__traceback__ is None
+    assert event.error.__cause__ is not None
+    assert event.error.__cause__.__traceback__ is None
+
+
+def test_one_bad_item_keeps_the_others() -> None:
+    """A bad item names its task; the valid items of the same frame are kept, with the kind."""
+    good = {"taskUUID": "a", "imageUUID": "i1"}
+    frame = {
+        "newUpscaleGan": {
+            "images": [
+                good,
+                {"taskUUID": "b", "imageUUID": 5},
+                "junk",
+                {**good, "imageUUID": "i2"},
+            ],
+            "totalAvailableResults": 4,
+        }
+    }
+    event = protocol.decode(json.dumps(frame))
+    assert isinstance(event, protocol.Invalid)
+    assert event.task_uuids == ("b",)
+    assert str(event.error) == (
+        "newUpscaleGan: 2 of 4 items cannot be read: newUpscaleGan.images[1]: invalid field: "
+        "expected string, got int 5; newUpscaleGan.images[2]: expected an object, got str"
+    )
+    assert event.valid == protocol.ImagesResult(
+        images=[protocol.ImageItem("a", "i1"), protocol.ImageItem("a", "i2")],
+        total_available_results=4,
+        kind="newUpscaleGan",
+    )
+
+
+def test_bad_frame_level_field_names_every_task() -> None:
+    """A mistyped field of the frame itself (not of an item) names every task in the frame."""
+    items = [{"taskUUID": "a", "imageUUID": "i"}, {"taskUUID": "b", "imageUUID": "j"}]
+    text = json.dumps({"newImages": {"images": items, "totalAvailableResults": "many"}})
+    event = protocol.decode(text)
+    assert isinstance(event, protocol.Invalid)
+    assert (event.task_uuids, event.valid) == (("a", "b"), None)
+
+
+def test_named_tasks_are_capped() -> None:
+    """At most MAX_NAMED distinct task UUIDs are taken from an unparseable frame."""
+    text = "".join(f'{{"taskUUID": "t{n}"}},' for n in range(protocol.MAX_NAMED + 10))
+    event = protocol.decode("[" + text)
+    assert isinstance(event, protocol.Invalid)
+    assert len(event.task_uuids) == protocol.MAX_NAMED
+    assert event.task_uuids[:2] == ("t0", "t1")
+
+
+def test_error_message_of_another_type_is_not_stringified() -> None:
+    """An errorMessage that is not a string is replaced by its type name, never str()-ed."""
+    event = protocol.decode('{"error": true, "errorId": 3, "errorMessage": {"a": [1]}}')
+    assert event == protocol.ServerError("(errorMessage of type dict)", 3, None)
+
+
+_ODD_VALUES: list[Any] = [None, True, 0, -1, 2**70, 1.5, "", "s", [], [None], {}, {"x": 1}]
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in [(*path, k), *_paths(v, (*path, k))]]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in [(*path, i), *_paths(v, (*path, i))]]
+    return []
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n in FRAMES if ".request" not in n and n not in OUTLIERS)
+)
+def test_any_value_at_any_place_decodes_or_raises_protocol_error(name: str) -> None:
+    """Every documented server frame, with any value at any place, decodes or raises ProtocolError."""
+    outcomes = set()
+    for path in _paths(FRAMES[name]):
+        for value in _ODD_VALUES:
+            text = json.dumps(_replace(FRAMES[name], path, value))
+            try:
+                outcomes.add(type(protocol.decode(text)).__name__)
+                outcomes.add(type(protocol.decode(text.encode())).__name__)
+            except ProtocolError:
+                outcomes.add("ProtocolError")
+    events = {cls.__name__ for cls in protocol.Event.__args__}  # type: ignore[attr-defined]
+    assert outcomes <= events | {"ProtocolError"}  # nothing else escaped
 
 
 def test_null_optional_field_reads_as_absent() -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import copy
 import http.server
 import io
+import json
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -18,7 +21,14 @@ import pytest
 from PIL import Image as PILImage
 
 import diffusionmaster
-from diffusionmaster import ConnectionFailedError, Image, RequestTimeoutError, _http
+from diffusionmaster import (
+    ConnectionFailedError,
+    Image,
+    InvalidArgumentError,
+    RequestTimeoutError,
+    UploadedImage,
+    _http,
+)
 from diffusionmaster.testing import Emulator
 
 from .conftest import make_client, seconds
@@ -444,3 +454,242 @@ def test_a_redirect_is_a_download_error(hostile: str) -> None:
     with pytest.raises(diffusionmaster.DownloadError, match="a redirect 302") as info:
         _http.Downloader().fetch(f"{hostile}/redirect", timeout=seconds(5))
     assert info.value.status == 302
+
+
+# -- results that travel: pickle, deepcopy, the dict form --------------------------------------
+
+
+def _round_trip(image: Image) -> Image:
+    copy_ = pickle.loads(pickle.dumps(image))
+    assert isinstance(copy_, Image)
+    return copy_
+
+
+def test_pickle_keeps_the_fields_and_the_base64_bytes() -> None:
+    """A pickled base64 result unpickles equal, with its bytes and no downloader."""
+    data = _encode("PNG")
+    image = Image._from_result(
+        uuid=UUID, url=None, task_uuid="t-1", nsfw=False, cost=0.0013, alt_text="a kite",
+        base64_data=base64.b64encode(data).decode(), downloader=_http.Downloader(),
+    )  # fmt: skip
+    again = _round_trip(image)
+    assert (again, repr(again)) == (image, repr(image))
+    assert again._content.downloader is None
+    assert again.read() == data
+
+
+def test_pickling_never_downloads(image_server: _ImageServer) -> None:
+    """Pickling an image that has not been read sends no HTTP request."""
+    image_server.files["/a.png"] = _encode("PNG")
+    image = Image(UUID, url=image_server.base + "/a.png")
+    pickle.dumps(image)
+    assert image_server.requests == []
+
+
+def test_pickle_keeps_bytes_already_read(image_server: _ImageServer) -> None:
+    """An image read before pickling is not downloaded again by its unpickled copy."""
+    image_server.files["/a.png"] = data = _encode("PNG")
+    image = Image(UUID, url=image_server.base + "/a.png")
+    image.read()
+    del image_server.files["/a.png"]
+    assert _round_trip(image).read() == data
+    assert image_server.requests == ["/a.png"]
+
+
+def test_pickling_does_not_wait_for_a_read_in_progress() -> None:
+    """Pickling an image whose bytes another thread is fetching (its lock held) returns
+    at once, without bytes."""
+    image = Image(UUID, url="http://127.0.0.1:1/never.png")
+    payloads: list[bytes] = []
+    with image._content._lock:  # what a read in progress holds
+        thread = threading.Thread(target=lambda: payloads.append(pickle.dumps(image)), daemon=True)
+        thread.start()
+        thread.join(seconds(5))
+        assert not thread.is_alive()
+    assert pickle.loads(payloads[0])._content.cached is False
+
+
+def test_unpickled_result_downloads_after_its_client_closed(emulator: Emulator) -> None:
+    """An unread result pickled, then unpickled after its client closed, reads its bytes."""
+    with make_client(emulator) as client:
+        (image,) = client.text2img("a kite", seed=3)
+        payload = pickle.dumps(image)
+        data = image.read()
+    again = pickle.loads(payload)
+    assert again.read() == data
+    assert again._content.downloader is None
+
+
+def test_unpickled_result_reads_its_bytes_in_another_process(emulator: Emulator) -> None:
+    """A result pickled here is unpickled by a fresh interpreter that downloads its bytes."""
+    with make_client(emulator) as client:
+        (image,) = client.text2img("a kite", seed=4)
+        payload = pickle.dumps(image)
+        data = image.read()
+    code = (
+        "import pickle, sys\n"
+        "image = pickle.loads(sys.stdin.buffer.read())\n"
+        "sys.stdout.buffer.write(image.read(timeout=30))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], input=payload, capture_output=True, timeout=seconds(30)
+    )
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert result.stdout == data
+
+
+def test_deepcopy_keeps_bytes_and_the_clients_pool(client: diffusionmaster.Client) -> None:
+    """A deep copy in the same process equals the image, shares its bytes and its pool."""
+    (image,) = client.text2img("a kite")
+    data = image.read()
+    again = copy.deepcopy(image)
+    assert again == image and again is not image
+    assert again._content is not image._content
+    assert again._content.downloader is client._downloads
+    assert again.read() is data
+
+
+def test_deepcopy_of_an_unread_image_reads_on_its_own(client: diffusionmaster.Client) -> None:
+    """A deep copy of an unread image downloads its own bytes; the original stays unread."""
+    (image,) = client.text2img("a kite")
+    again = copy.deepcopy(image)
+    data = again.read()
+    assert image._content.cached is False
+    assert image.read() == data
+
+
+def test_uploaded_image_pickles_deepcopies_and_round_trips_as_a_dict() -> None:
+    """An UploadedImage survives pickle, deepcopy and JSON through to_dict/from_dict."""
+    uploaded = UploadedImage(UUID, url="http://127.0.0.1:1/image/x.png", task_uuid="t-2")
+    assert pickle.loads(pickle.dumps(uploaded)) == uploaded
+    assert copy.deepcopy(uploaded) == uploaded
+    as_dict = uploaded.to_dict()
+    assert as_dict == {"uuid": UUID, "url": "http://127.0.0.1:1/image/x.png", "task_uuid": "t-2"}
+    assert UploadedImage.from_dict(json.loads(json.dumps(as_dict))) == uploaded
+
+
+def test_uploaded_image_from_a_dict_is_usable_as_an_input(
+    emulator: Emulator, client: diffusionmaster.Client
+) -> None:
+    """An UploadedImage rebuilt from its dict is sent by reference to another call."""
+    uploaded = client.upload_image(_encode("PNG", (64, 64)))
+    again = UploadedImage.from_dict(json.loads(json.dumps(uploaded.to_dict())))
+    emulator.clear_received()
+    client.img2img("the same, at night", again)
+    (frame,) = [f["newTask"] for f in emulator.received_frames() if "newTask" in f]
+    assert frame["imageInitiatorUUID"] == uploaded.uuid
+
+
+def test_dict_of_a_base64_result_carries_its_bytes(client: diffusionmaster.Client) -> None:
+    """A result sent with return_base64 keeps its bytes through JSON, with no download."""
+    (image,) = client.text2img("a kite", return_base64=True)
+    payload = json.dumps(image.to_dict())
+    again = Image.from_dict(json.loads(payload))
+    assert json.loads(payload)["base64"] == base64.b64encode(image.read()).decode("ascii")
+    assert again == image
+    assert again._content.cached is True
+    assert again.read() == image.read()
+
+
+def test_dict_of_a_url_result_has_no_bytes_and_downloads_them(
+    client: diffusionmaster.Client,
+) -> None:
+    """A result without base64 has ``base64: None`` in its dict, even once read, and its
+    rebuilt copy downloads the bytes from the URL."""
+    (image,) = client.text2img("a kite", seed=5)
+    data = image.read()
+    as_dict = image.to_dict()
+    assert as_dict == {
+        "uuid": image.uuid, "url": image.url, "task_uuid": image.task_uuid, "nsfw": image.nsfw,
+        "cost": image.cost, "alt_text": image.alt_text, "base64": None,
+    }  # fmt: skip
+    again = Image.from_dict(json.loads(json.dumps(as_dict)))
+    assert again._content.cached is False
+    assert again.read() == data
+
+
+def test_dict_with_include_data_true_downloads_and_embeds(client: diffusionmaster.Client) -> None:
+    """``to_dict(include_data=True)`` embeds the downloaded bytes as base64."""
+    (image,) = client.text2img("a kite")
+    encoded = image.to_dict(include_data=True)["base64"]
+    assert base64.b64decode(encoded) == image.read()
+
+
+def test_dict_with_include_data_false_omits_base64_bytes() -> None:
+    """``to_dict(include_data=False)`` leaves even the result's base64 bytes out."""
+    assert _inline(_encode("PNG")).to_dict(include_data=False)["base64"] is None
+
+
+def test_dict_of_a_decoded_base64_result_still_carries_its_bytes() -> None:
+    """A base64 result already read (decoded) still puts its bytes in its dict."""
+    data = _encode("PNG")
+    image = _inline(data)
+    image.read()
+    assert base64.b64decode(image.to_dict()["base64"]) == data
+
+
+@pytest.mark.parametrize(
+    ("data", "parameter", "message"),
+    [
+        ([], "data", "must be a dict, got list"),
+        ({}, "data['uuid']", "must be a non-empty string, got None"),
+        ({"uuid": ""}, "data['uuid']", "must be a non-empty string, got ''"),
+        ({"uuid": UUID, "url": 3}, "data['url']", "must be str or None, got int"),
+        ({"uuid": UUID, "nsfw": "no"}, "data['nsfw']", "must be bool or None, got str"),
+        ({"uuid": UUID, "cost": "1"}, "data['cost']", "must be int or float or None, got str"),
+        ({"uuid": UUID, "cost": True}, "data['cost']", "must be a number or None, got bool"),
+        ({"uuid": UUID, "base64": "@@"}, "data['base64']", "not valid base64"),
+    ],
+)
+def test_from_dict_refuses_bad_values(data: Any, parameter: str, message: str) -> None:
+    """Image.from_dict names the key whose value is wrong."""
+    with pytest.raises(InvalidArgumentError) as info:
+        Image.from_dict(data)
+    assert info.value.parameter == parameter
+    assert message in str(info.value)
+
+
+def test_from_dict_ignores_unknown_keys() -> None:
+    """Keys Image.from_dict does not know are ignored (dicts of a newer version load)."""
+    image = Image.from_dict({"uuid": UUID, "cost": 1, "future": [1, 2]})
+    assert (image.uuid, image.cost, image.url) == (UUID, 1.0, None)
+
+
+# -- errors travel too ---------------------------------------------------------------------------
+
+_ERRORS = [
+    diffusionmaster.InvalidArgumentError("timeout", "must be positive"),
+    diffusionmaster.AuthenticationError("Invalid API key", error_id=19),
+    diffusionmaster.ConnectionFailedError("refused"),
+    diffusionmaster.SessionExpiredError("lost", task_uuids=["t-1", "t-2"]),
+    diffusionmaster.ClientClosedError("closed"),
+    diffusionmaster.RequestTimeoutError("late", task_uuid="t-3"),
+    diffusionmaster.DownloadError("HTTP error 404", url="http://127.0.0.1:1/x", status=404),
+    diffusionmaster.ProtocolError("bad frame"),
+    diffusionmaster.TaskError("boom", task_uuid="t-4", error_id=500),
+    diffusionmaster.ReentrancyError("from a callback"),
+]
+
+
+@pytest.mark.parametrize("error", _ERRORS, ids=lambda e: type(e).__name__)
+def test_every_error_pickles_with_its_message_and_attributes(error: Exception) -> None:
+    """An exception of the tree unpickles as its own type, message and attributes."""
+    again = pickle.loads(pickle.dumps(error))
+    assert (type(again), str(again), again.args) == (type(error), str(error), error.args)
+    assert again.__dict__ == error.__dict__
+
+
+def _fail_in_child(task_uuid: str) -> None:
+    raise diffusionmaster.TaskError("boom", task_uuid=task_uuid, error_id=500)
+
+
+def test_a_task_error_raised_in_a_pool_process_reaches_the_parent() -> None:
+    """A TaskError raised in a multiprocessing pool child is raised in the parent, fields kept
+    (it used to kill the pool's result thread, and the call timed out)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        pending = pool.apply_async(_fail_in_child, ("t-5",))
+        with pytest.raises(diffusionmaster.TaskError) as info:
+            pending.get(timeout=seconds(20))
+    assert (info.value.task_uuid, info.value.error_id, info.value.message) == ("t-5", 500, "boom")

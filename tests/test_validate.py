@@ -77,6 +77,83 @@ def test_model_accepts_table_ids_and_air_strings() -> None:
         _validate.model("model", "dreamshaper")
 
 
+@pytest.mark.parametrize(
+    ("spelling", "size_id"),
+    [("512x768", 2), (" 640X960 ", 20), ("W512_H768", 2), ("w960_h640", 21)],
+)
+def test_size_accepts_the_command_line_spelling(spelling: str, size_id: int) -> None:
+    """A size may be a "WIDTHxHEIGHT" string or a Size name, as on the command line."""
+    assert _validate.size("size", spelling) == size_id
+
+
+@pytest.mark.parametrize("spelling", ["500x500", "512x", "x512", "512x768x2", "huge", ""])
+def test_size_string_outside_the_table(spelling: str) -> None:
+    """A size string that is not in the table is refused with the supported sizes."""
+    with pytest.raises(InvalidArgumentError, match=r"^size: unsupported size .*512x512.*960x640$"):
+        _validate.size("size", spelling)
+
+
+@pytest.mark.parametrize(
+    ("spelling", "model_id"), [("SDXL_V1_0", 4), ("sdxl_v1_0", 4), ("dreamshaper-v7-0", 20)]
+)
+def test_model_accepts_table_names(spelling: str, model_id: int) -> None:
+    """A model may be named as in the Model table, in any case, with - for _."""
+    assert _validate.model("model", spelling) == model_id
+
+
+def test_unknown_model_name_lists_the_names() -> None:
+    """An unknown model name is refused with the AIR form and the table's names."""
+    with pytest.raises(InvalidArgumentError) as e:
+        _validate.model("model", "SDXL")
+    assert str(e.value) == (
+        "model: a model string must look like 'civitai:4201@130072' or name a model of the "
+        "table (SDXL_V1_0, REV_ANIMATED_V1_2_2, ABSOLUTEREALITY_V1_8_1, CYBERREALISTIC_V3_2, "
+        "DREAMSHAPER_V7_0, GHOSTMIX_V2_0, SAMARITAN_3D_CARTOON_V3_0), got 'SDXL'"
+    )
+
+
+def test_table_id_accepts_member_names() -> None:
+    """A scheduler or style may be given by its table name, in any case."""
+    assert _validate.table_id("scheduler", "DPMPP_2M_KARRAS", Scheduler) == 22
+    assert _validate.table_id("scheduler", "dpmpp-2m-karras", Scheduler) == 22
+    with pytest.raises(InvalidArgumentError, match=r"^scheduler: must be one of 1 \(MOD"):
+        _validate.table_id("scheduler", "EULER", Scheduler)
+
+
+def test_names_and_sizes_reach_the_wire(client: diffusionmaster.Client, emulator: Emulator) -> None:
+    """text2img with size="512x768" and table names sends the table's ids."""
+    client.text2img(
+        "a cat", size="512x768", model="SDXL_V1_0", scheduler="DPMPP_2M_KARRAS", style="anime"
+    )
+    (task,) = [f["newTask"] for f in emulator.received_frames() if "newTask" in f]
+    assert (task["sizeId"], task["modelId"], task["schedulerId"], task["styleId"]) == (2, 4, 22, 2)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("localhost:8765", "must start with ws:// or wss://, got 'localhost:8765'"),
+        ("http://127.0.0.1:8765/v1/", "must start with ws:// or wss://, got 'http://127.0.0.1:8765/v1/'"),
+        ("ws:///v1/", "has no host name: 'ws:///v1/'"),
+        ("ws://127.0.0.1:99999/", "is not a valid URL (Port out of range 0-65535): 'ws://127.0.0.1:99999/'"),
+        ("ws://[::1/", "is not a valid URL (Invalid IPv6 URL): 'ws://[::1/'"),
+    ],
+)  # fmt: skip
+def test_malformed_url_is_refused_before_connecting(url: str, problem: str) -> None:
+    """Client(url=...) refuses a URL that is not ws:// or wss:// with a host and port."""
+    with pytest.raises(InvalidArgumentError) as e:
+        diffusionmaster.Client("key", url=url)
+    assert str(e.value) == f"url: {problem}"
+
+
+def test_malformed_url_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed DIFFUSIONMASTER_URL is refused naming the variable."""
+    monkeypatch.setenv("DIFFUSIONMASTER_URL", "127.0.0.1:8765")
+    with pytest.raises(InvalidArgumentError) as e:
+        diffusionmaster.Client("key")
+    assert e.value.parameter == "DIFFUSIONMASTER_URL"
+
+
 def test_choice_lists_allowed_strings() -> None:
     """A string choice outside the set lists the set."""
     with pytest.raises(InvalidArgumentError, match="preprocessor: must be one of a, b; got 'c'"):

@@ -132,6 +132,8 @@ class Core:
         self.drop_after: int | None = None
         self.fail_next: FrameError | None = None
         self.lose_next = False
+        #: texts that answer the next newConnection frames instead of the session reply
+        self.auth_replies: collections.deque[str] = collections.deque()
         self.background: set[asyncio.Task[Any]] = set()
         # Every connection that sent an HTTP request, so plain GETs can be aborted at stop.
         self.http_connections: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
@@ -302,6 +304,17 @@ class Core:
         with contextlib.suppress(ConnectionClosed):  # the handler sees the close too
             await conn.ws.send(json.dumps(frame))
 
+    async def _send_text(self, conn: Connection, text: str) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the handler sees the close too
+            await conn.ws.send(text)
+
+    async def send_raw(self, text: str) -> int:
+        """Send ``text`` as one text frame to every authenticated connection; return how many."""
+        targets = [conn for conn in self.connections if conn.alive and conn.ready]
+        for conn in targets:
+            await self._send_text(conn, text)
+        return len(targets)
+
     # ---------------------------------------------------------------- messages
 
     async def _on_message(self, conn: Connection, message: str | bytes) -> None:
@@ -322,7 +335,9 @@ class Core:
         if key == "ping":
             await self._send(conn, {"pong": True})
         elif conn.session is None:
-            if key == "newConnection":
+            if key == "newConnection" and self.auth_replies:
+                await self._send_text(conn, self.auth_replies.popleft())  # a fault (bad_auth_reply)
+            elif key == "newConnection":
                 await self._authenticate(conn, body)
             else:
                 await self._reject(conn, _NOT_AUTHENTICATED)

@@ -472,6 +472,32 @@ class Emulator:
         """
         self._call(setattr, self._core_or_raise(), "lose_next", True)
 
+    def send_raw(self, text: str) -> int:
+        """Send ``text``, as it is, in one text frame to every authenticated connection.
+
+        For hostile-server tests: the text need not be JSON, nor a frame the
+        protocol knows. It is sent at once, outside the order of result frames.
+
+        Returns:
+            How many connections it was sent to.
+        """
+        core = self._core_or_raise()
+        return self._run(core.send_raw(str(text)))
+
+    def bad_auth_reply(self, text: str, times: int = 1) -> None:
+        """Answer the next ``times`` ``newConnection`` frames with ``text``, as it is.
+
+        Such a connection is left open and unauthenticated: no session is created,
+        resumed or taken over, and no session reply follows (the client must give the
+        attempt up). Later ``newConnection`` frames are answered as usual.
+
+        Raises:
+            ValueError: ``times`` < 1.
+        """
+        count = _int_at_least("times", times, 1)
+        core = self._core_or_raise()
+        self._call(core.auth_replies.extend, [str(text)] * count)
+
     # ---------------------------------------------------------------- observation
 
     def received_frames(self) -> list[dict[str, Any]]:
