@@ -2,7 +2,7 @@
 
 :class:`Transport` opens the connection with websocket-client's low-level
 ``WebSocket`` (TCP or TLS, proxies, the HTTP upgrade) and reads and writes frames
-with it (``recv_data_frame``/``send``), and translates every exception the socket
+with it (``recv_frame``/``send``), and translates every exception the socket
 or websocket-client raises into :class:`~diffusionmaster.errors.ConnectionFailedError`,
 here and nowhere else.
 
@@ -30,8 +30,12 @@ What is ours, and why:
   as signs of life, so a 40 MB result arriving slowly is not declared dead; this
   works under TLS too, where it counts decrypted bytes), stops a frame that grows
   past the message budget while it arrives (a header declaring 2 GiB allocates
-  nothing: websocket-client reads payloads 16 KiB at a time), and bounds the
-  authentication exchange by one deadline.
+  nothing: websocket-client reads payloads 16 KiB at a time), bounds the
+  authentication exchange by one deadline, and reads ahead (websocket-client asks
+  for a frame's header and payload apart; one socket read serves both). Linux's
+  ``TCP_INFO`` (``tcpi_last_data_recv``) would also tell when data last arrived,
+  but only on Linux, in whole milliseconds, and it counts bytes that TLS has not
+  yet made into a record; counting at this layer works on every platform.
 
 No private attribute of websocket-client is read.
 
@@ -40,11 +44,12 @@ a transport is done: a frame may have been cut in the middle. A transport that
 ended lets go of its buffers (a partial frame included) and closes its socket.
 
 Thread-safety: one thread (the reader) may call :meth:`Transport.recv` while others
-call :meth:`Transport.send`. Frames are written under websocket-client's own send
-lock (``enable_multithread=True``), so frames never interleave; our sends, pongs and close frames also take our own lock, which ``try_send`` and ``close`` can
-decline to wait for. :meth:`Transport.try_send` never waits for that lock
-nor for room in the socket buffer (the heartbeat uses it: a send stalled on a frozen
-link must not hold up the detection of that link). :meth:`Transport.abort` may be
+call :meth:`Transport.send`. Every frame we write (sends, pongs, close frames) is
+written whole under our own send lock, and under websocket-client's
+(``enable_multithread=True``), so frames never interleave. :meth:`Transport.try_send`
+never waits for that lock nor for room in the socket buffer (the heartbeat uses it:
+a send stalled on a frozen link must not hold up the detection of that link), and
+:meth:`Transport.close` waits for it only briefly. :meth:`Transport.abort` may be
 called from any thread and wakes a blocked ``recv`` or ``send``.
 """
 
