@@ -34,8 +34,9 @@ What is ours, and why:
   authentication exchange by one deadline, and reads ahead (websocket-client asks
   for a frame's header and payload apart; one socket read serves both). Linux's
   ``TCP_INFO`` (``tcpi_last_data_recv``) would also tell when data last arrived,
-  but only on Linux, in whole milliseconds, and it counts bytes that TLS has not
-  yet made into a record; counting at this layer works on every platform.
+  but only on Linux, and by unpacking a kernel struct; counting here works on
+  every platform. Under TLS it sees bytes once each record (at most 16 KiB) is
+  decrypted: at any rate worth keeping a link for, well inside the heartbeat.
 
 No private attribute of websocket-client is read.
 
