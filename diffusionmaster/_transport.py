@@ -45,9 +45,9 @@ a transport is done: a frame may have been cut in the middle. A transport that
 ended lets go of its buffers (a partial frame included) and closes its socket.
 
 Thread-safety: one thread (the reader) may call :meth:`Transport.recv` while others
-call :meth:`Transport.send`. Every frame we write (sends, pongs, close frames) is
-written whole under our own send lock, and under websocket-client's
-(``enable_multithread=True``), so frames never interleave. :meth:`Transport.try_send`
+call :meth:`Transport.send`. Every frame (sends, pongs, close frames) is written
+whole under our own send lock, so frames never interleave (websocket-client writes
+nothing by itself here, so its own lock is off: ``enable_multithread=False``). :meth:`Transport.try_send`
 never waits for that lock nor for room in the socket buffer (the heartbeat uses it:
 a send stalled on a frozen link must not hold up the detection of that link), and
 :meth:`Transport.close` waits for it only briefly. :meth:`Transport.abort` may be
@@ -269,7 +269,10 @@ class Transport:
         """
         ws = websocket.WebSocket(
             skip_utf8_validation=True,  # checked here, strictly and faster
-            enable_multithread=True,  # its send lock serialises our sends and its pongs
+            # Every write goes through our own send lock (websocket-client writes nothing
+            # of its own: pings and close frames are answered here), so its lock
+            # would only be taken a second time.
+            enable_multithread=False,
             sockopt=_SOCKET_OPTIONS,
         )
         if timeout is not None and timeout <= 0:
