@@ -236,8 +236,8 @@ class Transport:
         self._closing = False  # a close frame was sent or received: send nothing more
         self._ended = threading.Event()  # the reader saw the end (a close frame, or failure)
         self._state_lock = threading.Lock()
-        # Our sends take this lock, so that try_send and close can decline to wait;
-        # websocket-client's own lock (inside send) also covers the pongs it writes.
+        # Every write (sends, pongs, close frames) takes this lock; try_send and
+        # close can decline to wait for it.
         self._send_lock = threading.Lock()
         self._reading = False
         self._aborted = False
