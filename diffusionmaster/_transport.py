@@ -47,10 +47,10 @@ ended lets go of its buffers (a partial frame included) and closes its socket.
 Thread-safety: one thread (the reader) may call :meth:`Transport.recv` while others
 call :meth:`Transport.send`. Every frame (sends, pongs, close frames) is written
 whole under our own send lock, so frames never interleave (websocket-client writes
-nothing by itself here, so its own lock is off: ``enable_multithread=False``). :meth:`Transport.try_send`
-never waits for that lock nor for room in the socket buffer (the heartbeat uses it:
-a send stalled on a frozen link must not hold up the detection of that link), and
-:meth:`Transport.close` waits for it only briefly. :meth:`Transport.abort` may be
+nothing by itself here, so its own lock is off: ``enable_multithread=False``).
+:meth:`Transport.try_send` never waits for that lock nor for room in the socket
+buffer (the heartbeat uses it: a send stalled on a frozen link must not hold up the
+detection of that link), and :meth:`Transport.close` waits for it only briefly. :meth:`Transport.abort` may be
 called from any thread and wakes a blocked ``recv`` or ``send``.
 """
 
