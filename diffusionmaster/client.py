@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import _http, _inputs, _validate, protocol, tasks
 from .batch import Batch
 from .calls import Call
-from .config import DEFAULT, DefaultType, Heartbeat, Reconnect
+from .config import DEFAULT, MAX_MESSAGE_SIZE, DefaultType, Heartbeat, Reconnect, message_size
 from .errors import (
     ClientClosedError,
     DiffusionMasterError,
@@ -109,6 +109,9 @@ class Client:
         reconnect: the reconnect policy.
         heartbeat: the heartbeat policy.
         http_proxy_host, http_proxy_port: an HTTP proxy for the WebSocket.
+        max_message_size: the largest message accepted from the server, in bytes
+            (default 256 MiB; None: no cap). A larger one fails the connection
+            (close code 1009, logged); the client reconnects and resumes the session.
 
     Raises:
         InvalidArgumentError: no API key, an unknown environment, or a URL that is
@@ -129,6 +132,7 @@ class Client:
         heartbeat: Heartbeat | None = None,
         http_proxy_host: str | None = None,
         http_proxy_port: int | None = None,
+        max_message_size: int | None = MAX_MESSAGE_SIZE,
     ) -> None:
         if api_key is None:
             api_key = os.environ.get(API_KEY_VARIABLE)
@@ -161,7 +165,7 @@ class Client:
         self._downloads = _http.Downloader()
         #: turns image items into Images that download through this client's pool
         self._image_of = functools.partial(tasks.image_of, downloader=self._downloads)
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {"max_message_size": message_size(max_message_size)}
         if http_proxy_host:
             options.update(http_proxy_host=http_proxy_host, http_proxy_port=http_proxy_port)
         self._supervisor = Supervisor(

@@ -14,7 +14,7 @@ import attrs
 
 from .errors import InvalidArgumentError
 
-__all__ = ["DEFAULT", "Deadline", "DefaultType", "Heartbeat", "Reconnect"]
+__all__ = ["DEFAULT", "MAX_MESSAGE_SIZE", "Deadline", "DefaultType", "Heartbeat", "Reconnect"]
 
 
 class DefaultType(enum.Enum):
@@ -28,6 +28,24 @@ class DefaultType(enum.Enum):
 
 #: Passed as ``timeout=`` (the default): use the client's configured timeout.
 DEFAULT: Final = DefaultType.DEFAULT
+
+
+#: The default ``max_message_size`` of a Client: 256 MiB. The largest result frame
+#: the protocol can produce (a 1024x1024 or 1344x768 PNG is at most about 4 MiB raw,
+#: 5.6 MiB as base64, and a frame may carry several images) fits many times over;
+#: a message this large costs about twice its size in memory while it is read.
+MAX_MESSAGE_SIZE: Final = 256 * 1024 * 1024
+
+
+def message_size(value: object) -> int | None:
+    """Check a ``max_message_size`` argument: an int >= 1024, or None (no cap)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
+        raise InvalidArgumentError(
+            "max_message_size", f"must be an integer >= 1024 (bytes) or None, got {value!r}"
+        )
+    return value
 
 
 def _number(name: str, value: object) -> float:
@@ -111,19 +129,23 @@ class Reconnect:
 class Heartbeat:
     """The application-level heartbeat (``{"ping": true}``).
 
-    When nothing has been sent or received for ``interval`` seconds the client
-    sends a ping; if no frame at all arrives within ``timeout`` seconds after it,
-    the connection is taken as dead and the client reconnects. With the defaults
-    a dead or frozen link is found within 10 s of its last frame (measured: 10.0 s,
-    tests/test_hostile_replies.py), as the legacy official SDK did (ping every 5 s,
-    give up after 10 s), and an idle connection sends a 13-byte frame every 5 s, well
-    inside the server's 120 s idle close. Every second a half-open link goes unnoticed
-    is a second in which the server may write results into it that nobody will read:
-    see the README, "Reconnect and resume".
+    When no bytes have arrived, or none were sent, for ``interval`` seconds the
+    client sends a ping; if no bytes at all arrive within ``timeout`` seconds after
+    it, the connection is taken as dead and the client reconnects (and resumes the
+    session). Bytes, not whole frames, count: a large result still arriving keeps
+    the link alive. The ping never waits behind a send in progress; a send that
+    makes no progress for ``timeout`` after the ping was due (a frozen link) counts
+    as dead too. With the defaults a dead or frozen link is found within about 10 s
+    of its last sign of life, as the legacy official SDK did (ping every 5 s, give
+    up after 10 s), and an idle connection sends a 13-byte frame every 5 s, well
+    inside the server's 120 s idle close. Every second a half-open link goes
+    unnoticed is a second in which the server may write results into it that nobody
+    will read: see the README, "Reconnect and resume".
 
     Attributes:
-        interval: idle seconds before a ping; None turns the heartbeat off.
-        timeout: seconds to wait for an answer to a ping.
+        interval: idle seconds (in either direction) before a ping; None turns
+            the heartbeat off.
+        timeout: seconds to wait for a sign of life after a ping.
     """
 
     interval: float | None = attrs.field(default=5.0, validator=_optional_positive)

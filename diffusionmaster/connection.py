@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -61,9 +60,11 @@ def authenticate(
     deadline = Deadline(timeout)
     transport = Transport.connect(url, timeout=deadline.remaining(), **options)
     try:
+        # One deadline for the whole attempt: every read below ends by it, however
+        # slowly the server trickles its reply.
+        transport.settimeout(deadline.remaining())
         transport.send(protocol.encode(protocol.NewConnection(api_key, session_uuid)))
         while True:
-            transport.settimeout(deadline.remaining())
             data = transport.recv()
             if data is None:
                 raise ConnectionFailedError(
@@ -105,13 +106,19 @@ class Connection:
         self.session_uuid = session_uuid
         self._on_event = on_event
         self._on_lost = on_lost
-        now = time.monotonic()
-        #: monotonic time of the last frame received / sent (for the heartbeat)
-        self.last_received = now
-        self.last_sent = now
         self._reader = threading.Thread(
             target=self._read_loop, name="diffusionmaster-reader", daemon=True
         )
+
+    @property
+    def last_received(self) -> float:
+        """Monotonic time bytes last arrived: a frame still arriving proves the link alive."""
+        return self.transport.last_received
+
+    @property
+    def last_sent(self) -> float:
+        """Monotonic time the socket last accepted bytes to send."""
+        return self.transport.last_sent
 
     def start(self) -> None:
         """Start the reader thread."""
@@ -129,7 +136,14 @@ class Connection:
             ConnectionFailedError: the connection is broken.
         """
         self.transport.send(text)
-        self.last_sent = time.monotonic()
+
+    def try_send(self, text: str) -> bool:
+        """Send a small frame only if that cannot block (see ``Transport.try_send``).
+
+        Raises:
+            ConnectionFailedError: the connection is broken.
+        """
+        return self.transport.try_send(text)
 
     def abort(self) -> None:
         """Cut the connection at once; the reader reports it lost."""
@@ -137,7 +151,8 @@ class Connection:
 
     def close(self, timeout: float = 2.0) -> None:
         """Close the connection and wait (up to ``timeout``) for the reader to end."""
-        self.transport.close()
+        # A close frame, then a short wait for the server's (the reader sees it).
+        self.transport.close(timeout=min(timeout, 1.0))
         if self._reader.is_alive() and self._reader is not threading.current_thread():
             self._reader.join(timeout)
 
@@ -153,12 +168,14 @@ class Connection:
                         f"server closed the connection (close code {self.transport.close_code})"
                     )
                     break
-                self.last_received = time.monotonic()
                 try:
                     event = decode(data)
                 except ProtocolError as exc:
                     # One bad frame must not take the connection down with it.
                     logger.warning("ignoring a frame that cannot be decoded: %s", exc)
+                    continue
+                except Exception as exc:  # a decoder bug (or RecursionError): still one frame
+                    logger.warning("ignoring a frame that failed to decode: %r", exc)
                     continue
                 finally:
                     # Let go of the frame before handing the event on, and of the event

@@ -169,12 +169,15 @@ class Supervisor:
         self._connected_at = 0.0
         self._backoff = _Backoff(self._reconnect)
         self._ping_sent_at: float | None = None
+        self._ping_written = False  # the last probe's ping went out (else a send blocked it)
         #: (deadline, n, call): calls to expire when their deadline passes
         self._timers: list[tuple[float, int, Call[Any]]] = []
         self._counter = itertools.count()
         #: connections given up after a failed send, whose readers may still be reading
         #: what the server sent before the link died -> when to abort them at the latest
         self._draining: dict[Connection, float] = {}
+        #: calls whose frame a thread is writing now -> the connection it writes to
+        self._sending: dict[Call[Any], Connection] = {}
         self._thread: threading.Thread | None = None
         self.dispatcher = Dispatcher()
 
@@ -282,9 +285,23 @@ class Supervisor:
         call.fail(error)
 
     def expire(self, call: Call[Any]) -> None:
-        """Fail ``call`` with a RequestTimeoutError saying what it was waiting for."""
+        """Fail ``call`` with a RequestTimeoutError saying what it was waiting for.
+
+        A call whose frame is still being written (a large upload on a stalled or
+        slow link) cannot return while its thread is in the send, and a frame cut
+        off halfway cannot be taken back: the connection is aborted (the send
+        fails at once) and the client reconnects and resumes.
+        """
         if call.done():
             return
+        with self._cond:
+            writing = self._sending.get(call)
+        if writing is not None:
+            logger.warning(
+                "the frame of task %s was not written within its timeout: reconnecting",
+                call.task_uuid,
+            )
+            writing.abort()
         if call.state == "results":
             message = (
                 f"task {call.task_uuid}: {call.received} of {call.expected} results "
@@ -395,15 +412,21 @@ class Supervisor:
         for index, (entry, _) in enumerate(batch):
             call = entry.owner
             call.sent_at = time.monotonic()
+            with self._cond:
+                self._sending[call] = conn
             try:
                 conn.send(entry.frame)
             except ConnectionFailedError as exc:
+                with self._cond:
+                    self._sending.pop(call, None)
                 with self._cond:
                     for unsent, attempt in batch[index:]:
                         if self._core.send_failed(unsent, attempt):
                             unsent.owner.state = "connection"
                 self._send_failed(conn, exc)
                 return
+            with self._cond:
+                self._sending.pop(call, None)
             logger.debug(
                 "sent %s task %s: %d result(s) expected", call.kind, call.task_uuid, call.expected
             )
@@ -637,17 +660,31 @@ class Supervisor:
         return min(later) if later else None
 
     def _beat(self, conn: Connection) -> float | None:
-        """One heartbeat step; return the seconds until the next one is due."""
+        """One heartbeat step; return the seconds until the next one is due.
+
+        Signs of life are bytes, not frames: ``conn.last_received`` moves while a
+        large frame is still arriving, so a slow 40 MB result is not taken for a
+        dead link. This step never blocks: the ping is sent only if that cannot
+        wait (on a send in progress, or on a full socket buffer); when it cannot,
+        the probe still starts, and then the link must show life by bytes arriving
+        or by the stuck send making progress. A link that shows none for
+        ``timeout`` after the probe is dead: abort() wakes the stuck send too.
+        """
         interval = self._heartbeat.interval
         if interval is None:
             return None
         now = time.monotonic()
         sent_at = self._ping_sent_at
         if sent_at is not None:
-            if conn.last_received >= sent_at:
-                self._ping_sent_at = sent_at = None  # any frame proves the link alive
+            alive = conn.last_received
+            if not self._ping_written:
+                alive = max(alive, conn.last_sent)  # the stuck send moved after all
+            if alive >= sent_at:
+                self._ping_sent_at = sent_at = None
             elif now - sent_at >= self._heartbeat.timeout:
-                logger.info("no answer to a ping for %.1f s: connection is dead", now - sent_at)
+                logger.info(
+                    "no sign of life for %.1f s after a ping: connection is dead", now - sent_at
+                )
                 conn.abort()
                 return None
             else:
@@ -657,7 +694,7 @@ class Supervisor:
             return idle_since + interval - now
         self._ping_sent_at = now
         try:
-            conn.send(protocol.encode(protocol.Ping()))
+            self._ping_written = conn.try_send(protocol.encode(protocol.Ping()))
         except ConnectionFailedError as exc:
             self._send_failed(conn, exc)
             return None

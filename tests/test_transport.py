@@ -1,14 +1,13 @@
-"""The transport's own WebSocket framing (RFC 6455 §5), against a raw socket server.
+"""The transport (websocket-client's framing, our checks) against a raw socket server.
 
 The emulator (the ``websockets`` library) never fragments, masks, pings or breaks
 the protocol, so these tests talk to a bare TCP server that completes the opening
-handshake and then writes exactly the bytes each test chooses.
+handshake and then writes exactly the bytes each test chooses. The Autobahn-style
+cases are in test_conformance.py.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import socket
 import threading
@@ -16,96 +15,12 @@ from collections.abc import Iterator
 
 import pytest
 
+import diffusionmaster
 from diffusionmaster._transport import Transport
-from diffusionmaster.errors import ConnectionFailedError
+from diffusionmaster.errors import ConnectionFailedError, InvalidArgumentError
 
 from .conftest import seconds
-
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-def frame(opcode: int, payload: bytes, *, fin: bool = True, key: bytes = b"") -> bytes:
-    """A server frame: unmasked unless ``key`` is given."""
-    size = len(payload)
-    first = (0x80 if fin else 0) | opcode
-    mask = 0x80 if key else 0
-    if size < 126:
-        head = bytes((first, mask | size))
-    elif size < 1 << 16:
-        head = bytes((first, mask | 126)) + size.to_bytes(2, "big")
-    else:
-        head = bytes((first, mask | 127)) + size.to_bytes(8, "big")
-    if key:
-        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return head + key + payload
-
-
-class RawServer:
-    """Accepts one WebSocket connection; then the test writes and reads raw frames."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"ws://127.0.0.1:{self.listener.getsockname()[1]}/v1/"
-        self.conn: socket.socket | None = None
-        self._thread = threading.Thread(target=self._accept, name="test-raw-ws-server")
-        self._thread.start()
-
-    def _accept(self) -> None:
-        conn, _ = self.listener.accept()
-        request = b""
-        while b"\r\n\r\n" not in request:
-            request += conn.recv(4096)
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in request.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key:")
-        )
-        accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
-        conn.sendall(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-        )
-        self.conn = conn
-
-    def connected(self) -> socket.socket:
-        self._thread.join(seconds(5))
-        assert self.conn is not None
-        return self.conn
-
-    def send(self, data: bytes) -> None:
-        self.connected().sendall(data)
-
-    def _exactly(self, size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = self.connected().recv(size - len(data))
-            assert chunk, "the client closed the connection"
-            data += chunk
-        return data
-
-    def read_frame(self) -> tuple[int, bytes, bytes]:
-        """Read one client frame: (opcode, unmasked payload, mask key)."""
-        first, second = self._exactly(2)
-        assert first & 0x80, "the client fragments nothing"
-        assert second & 0x80, "client frames must be masked"
-        size = second & 0x7F
-        if size == 126:
-            size = int.from_bytes(self._exactly(2), "big")
-        elif size == 127:
-            size = int.from_bytes(self._exactly(8), "big")
-        key = self._exactly(4)
-        masked = self._exactly(size)
-        payload = (
-            int.from_bytes(masked, "little")
-            ^ int.from_bytes((key * (size // 4 + 1))[:size], "little")
-        ).to_bytes(size, "little")
-        return first & 0x0F, payload, key
-
-    def close(self) -> None:
-        self._thread.join(seconds(5))
-        if self.conn is not None:
-            self.conn.close()
-        self.listener.close()
+from .rawws import RawServer, frame
 
 
 @pytest.fixture
@@ -135,7 +50,7 @@ def test_text_frames_of_every_length_form_arrive_whole(
     if size < 64 * 1024:
         assert received == text
     else:
-        assert isinstance(received, bytearray)
+        assert isinstance(received, (bytes, bytearray))
         assert received.decode() == text
     assert transport.recv() == "next"
 
@@ -156,10 +71,14 @@ def test_binary_frames_arrive_as_bytes(server: RawServer, transport: Transport) 
     assert transport.recv() == b"\x00\x01\xff"
 
 
-def test_invalid_utf8_text_comes_back_as_bytes(server: RawServer, transport: Transport) -> None:
-    """A text frame that is not UTF-8 comes back as bytes, for the JSON decoder to reject."""
+def test_invalid_utf8_text_fails_the_connection_with_1007(
+    server: RawServer, transport: Transport
+) -> None:
+    """A text frame that is not UTF-8 is never returned: the client closes with 1007."""
     server.send(frame(0x1, b"\xff\xfe{}"))
-    assert transport.recv() == b"\xff\xfe{}"
+    with pytest.raises(ConnectionFailedError, match="not valid UTF-8 \\(close code 1007\\)"):
+        transport.recv()
+    assert server.read_frame()[:2] == (0x8, (1007).to_bytes(2, "big"))
 
 
 def test_a_fragmented_message_with_a_ping_inside_is_joined_and_the_ping_answered(
@@ -189,32 +108,33 @@ def test_a_masked_server_frame_is_unmasked(server: RawServer, transport: Transpo
 def test_a_close_frame_returns_none_with_its_code_and_is_answered(
     server: RawServer, transport: Transport
 ) -> None:
-    """A close frame ends recv() with None and close_code set; the client answers 1000."""
+    """A close frame ends recv() with None and close_code set; the client echoes the code."""
     server.send(frame(0x8, (1008).to_bytes(2, "big") + b"Invalid API key"))
     assert transport.recv() is None
     assert transport.close_code == 1008
-    assert server.read_frame()[:2] == (0x8, (1000).to_bytes(2, "big"))
+    assert server.read_frame()[:2] == (0x8, (1008).to_bytes(2, "big"))
 
 
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (bytes((0xC1, 0x00)), "reserved bits"),
+        (bytes((0xC1, 0x00)), "rsv is not implemented"),
         (frame(0x0, b"orphan"), "continuation frame outside a message"),
         (frame(0x1, b"a", fin=False) + frame(0x1, b"b"), "new message inside"),
-        (frame(0x9, b"x" * 126), "control frame"),
-        (frame(0x3, b"x"), "unknown data opcode"),
-        (frame(0xB, b"x"), "unknown control opcode"),
-        (bytes((0x81, 0x7F)) + (1 << 63).to_bytes(8, "big"), "top bit"),
+        (frame(0xA, b"x" * 126), "control frame"),
+        (frame(0x3, b"x"), "Invalid opcode 3"),
+        (frame(0xB, b"x"), "Invalid opcode 11"),
     ],
 )
 def test_protocol_violations_fail_the_connection(
     server: RawServer, transport: Transport, data: bytes, message: str
 ) -> None:
-    """A frame that breaks RFC 6455 raises ConnectionFailedError naming the problem."""
+    """A frame that breaks RFC 6455 raises ConnectionFailedError naming the problem, after
+    a close frame with code 1002."""
     server.send(data)
     with pytest.raises(ConnectionFailedError, match=message):
         transport.recv()
+    assert server.read_frame()[:2] == (0x8, (1002).to_bytes(2, "big"))
 
 
 def test_a_connection_closed_mid_frame_fails(server: RawServer, transport: Transport) -> None:
@@ -227,7 +147,7 @@ def test_a_connection_closed_mid_frame_fails(server: RawServer, transport: Trans
 
 def test_a_read_timeout_fails_as_timed_out(server: RawServer, transport: Transport) -> None:
     """A read that outlasts the timeout raises ConnectionFailedError saying so."""
-    transport.settimeout(0.05)
+    transport.settimeout(seconds(0.05))
     with pytest.raises(ConnectionFailedError, match="timed out"):
         transport.recv()
 
@@ -259,10 +179,9 @@ def test_sent_text_arrives_masked_and_whole(
     text = os.urandom(size // 2 + 1).hex()[:size]
     transport.send(text)
     transport.send("second")
-    opcode, payload, first_key = server.read_frame()
+    opcode, payload = server.read_frame()
     assert (opcode, payload.decode()) == (0x1, text)
-    opcode, payload, second_key = server.read_frame()
-    assert (opcode, payload, second_key != first_key) == (0x1, b"second", True)
+    assert server.read_frame() == (0x1, b"second")
 
 
 def test_close_sends_a_close_frame(server: RawServer, transport: Transport) -> None:
@@ -270,3 +189,26 @@ def test_close_sends_a_close_frame(server: RawServer, transport: Transport) -> N
     transport.close(1001)
     assert server.read_frame()[:2] == (0x8, (1001).to_bytes(2, "big"))
     assert server.connected().recv(1) == b""
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux socket options")
+def test_the_socket_has_keepalive_and_a_user_timeout(
+    server: RawServer, transport: Transport
+) -> None:
+    """The client socket has TCP_NODELAY, keepalive and a 60 s TCP_USER_TIMEOUT set."""
+    sock = socket.fromfd(transport._sock.real.fileno(), socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 60_000
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("value", [0, 1023, -1, 1.5, "big", True])
+def test_a_bad_max_message_size_is_refused_before_connecting(value: object) -> None:
+    """Client(max_message_size=...) takes an int >= 1024 or None, checked before any connection."""
+    with pytest.raises(
+        InvalidArgumentError, match=r"^max_message_size: must be an integer >= 1024"
+    ):
+        diffusionmaster.Client("key", url="ws://127.0.0.1:9/", max_message_size=value)  # type: ignore[arg-type]
