@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import os
 import queue
@@ -248,17 +247,6 @@ def _save_all(images: list[Image], folder: Path, stem: str, timeout: float | Non
     ]
 
 
-def _progress_bar(total: int) -> Any:
-    """A tqdm bar (rate, ETA, running cost) on a terminal's stderr, else None."""
-    if not sys.stderr.isatty():
-        return None
-    try:
-        tqdm = importlib.import_module("tqdm")
-    except ImportError:
-        return None
-    return tqdm.tqdm(total=total, unit="task", desc="batch", file=sys.stderr)
-
-
 @contextlib.contextmanager
 def _first_interrupt_stops(stop: threading.Event) -> Iterator[None]:
     """The first Ctrl-C sets ``stop`` (in-flight tasks finish); the second interrupts.
@@ -371,7 +359,7 @@ class _Runner:
 
     def run(self, todo: list[Task], fetch: list[tuple[Task, dict[str, Any]]]) -> int:
         """Run ``todo`` and download what ``fetch`` records; return the exit code."""
-        self.bar = _progress_bar(len(todo) + len(fetch))
+        self.bar = cli._progress_bar(len(todo) + len(fetch), unit="task", desc="batch")
         if self.bar is not None:
             self.write = self.bar.write
         batch = self.client.batch(max_in_flight=self.args.max_in_flight)

@@ -268,15 +268,18 @@ def _seconds(text: str) -> float:
 # -- output -----------------------------------------------------------------------------
 
 
-def _progress_bar(total: int) -> Any:
-    """A tqdm bar on stderr when tqdm is installed and stderr is a terminal, else None."""
+def _progress_bar(total: int, *, unit: str = "image", desc: str = "generating") -> Any:
+    """A tqdm bar on stderr when tqdm is installed and stderr is a terminal, else None.
+
+    No bar for a single item: it would only flash.
+    """
     if total < 2 or not sys.stderr.isatty():
         return None
     try:
         tqdm = importlib.import_module("tqdm")
     except ImportError:
         return None
-    return tqdm.tqdm(total=total, unit="image", desc="generating", file=sys.stderr)
+    return tqdm.tqdm(total=total, unit=unit, desc=desc, file=sys.stderr)
 
 
 def _image_record(image: Image, path: Path) -> dict[str, Any]:

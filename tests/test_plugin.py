@@ -109,16 +109,19 @@ def test_readme_example_passes(pytester: pytest.Pytester) -> None:
     _run(pytester).assert_outcomes(passed=2)
 
 
-def test_plugin_loads_without_the_emulator_extra(tmp_path: Path) -> None:
-    """Without websockets and Pillow, pytest still starts and a test using the fixtures
-    fails with the install hint."""
-    (tmp_path / "test_it.py").write_text("def test_it(diffusionmaster_client):\n    pass\n")
+def _run_without(
+    tmp_path: Path, modules: list[str], fixture: str
+) -> subprocess.CompletedProcess[str]:
+    """Run pytest in a subprocess where ``modules`` cannot be imported, on one test
+    that uses ``fixture``."""
+    (tmp_path / "test_it.py").write_text(f"def test_it({fixture}):\n    pass\n")
+    blocked = "; ".join(f"sys.modules[{module!r}] = None" for module in modules)
     code = (
-        "import sys; sys.modules['websockets'] = None; sys.modules['PIL'] = None\n"
+        f"import sys; {blocked}\n"
         "import pytest\n"
         "sys.exit(pytest.main(['-p', 'no:cacheprovider', '-q', sys.argv[1]]))\n"
     )
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "test_it.py")],
         capture_output=True,
         text=True,
@@ -126,6 +129,12 @@ def test_plugin_loads_without_the_emulator_extra(tmp_path: Path) -> None:
         check=False,
         cwd=tmp_path,
     )
+
+
+def test_plugin_loads_without_the_emulator_extra(tmp_path: Path) -> None:
+    """Without websockets and Pillow, pytest still starts and a test using the fixtures
+    fails with the install hint."""
+    result = _run_without(tmp_path, ["websockets", "PIL"], "diffusionmaster_client")
     assert result.returncode == 1  # one failed test, not a crash at start-up (3 or 4)
     assert 'pip install "diffusionmaster[emulator]"' in result.stdout
 
@@ -133,20 +142,7 @@ def test_plugin_loads_without_the_emulator_extra(tmp_path: Path) -> None:
 @pytest.mark.parametrize("module", ["websockets", "PIL"])
 def test_missing_extra_message_names_the_missing_module(tmp_path: Path, module: str) -> None:
     """A fixture used without one of the emulator extra's modules names that module."""
-    (tmp_path / "test_it.py").write_text("def test_it(diffusionmaster_emulator):\n    pass\n")
-    code = (
-        f"import sys; sys.modules[{module!r}] = None\n"
-        "import pytest\n"
-        "sys.exit(pytest.main(['-p', 'no:cacheprovider', '-q', sys.argv[1]]))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "test_it.py")],
-        capture_output=True,
-        text=True,
-        timeout=seconds(60),
-        check=False,
-        cwd=tmp_path,
-    )
+    result = _run_without(tmp_path, [module], "diffusionmaster_emulator")
     assert result.returncode == 1
     assert (
         f"diffusionmaster_emulator needs the emulator extra (the module {module} is missing): "
