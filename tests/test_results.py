@@ -636,6 +636,7 @@ def _fail_in_child(task_uuid: str) -> None:
     raise diffusionmaster.TaskError("boom", task_uuid=task_uuid, error_id=500)
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_task_error_raised_in_a_pool_process_reaches_the_parent() -> None:
     """A TaskError raised in a multiprocessing pool child is raised in the parent, fields kept
     (it used to kill the pool's result thread, and the call timed out)."""

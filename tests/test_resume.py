@@ -398,6 +398,7 @@ def _child_call(client: diffusionmaster.Client, conn: Any) -> None:
         conn.close()
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_client_reconnects_in_a_forked_child(emu: Emulator) -> None:
     """A client created before fork() opens its own session in the child; the parent's is intact."""
     import multiprocessing
