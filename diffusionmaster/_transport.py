@@ -145,6 +145,19 @@ def _failure(what: str, exc: BaseException) -> ConnectionFailedError:
 _TRANSLATED = (websocket.WebSocketException, OSError, ValueError, _Closed, _Violation)
 
 
+def _writable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` has room to send, waiting up to ``timeout`` seconds.
+
+    ``poll`` where the platform has it: ``select`` refuses descriptors above
+    FD_SETSIZE (1024), which a busy process (a server, a worker) easily reaches.
+    """
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+    return bool(select.select([], [sock], [], timeout)[1])
+
+
 def _valid_utf8(data: bytes | bytearray) -> bool:
     if data.isascii():  # no copy: the usual case, base64 and JSON
         return True
@@ -364,7 +377,7 @@ class Transport:
             if not self._send_lock.acquire(blocking=False):
                 return False
             try:
-                if not select.select([], [self._sock.real], [], 0)[1]:
+                if not _writable(self._sock.real, 0):
                     return False
                 ws.send(text)
             finally:
@@ -521,7 +534,7 @@ class Transport:
         ):
             return  # a send is stuck: the close frame could not go out anyway
         try:
-            if select.select([], [self._sock.real], [], timeout)[1]:
+            if _writable(self._sock.real, timeout):
                 ws.send(code.to_bytes(2, "big"), _CLOSE)
         except Exception as exc:  # the connection is ending anyway
             logger.debug("could not send a close frame: %s", exc)

@@ -212,3 +212,25 @@ def test_a_bad_max_message_size_is_refused_before_connecting(value: object) -> N
         InvalidArgumentError, match=r"^max_message_size: must be an integer >= 1024"
     ):
         diffusionmaster.Client("key", url="ws://127.0.0.1:9/", max_message_size=value)  # type: ignore[arg-type]
+
+
+def test_a_socket_above_fd_setsize_still_takes_heartbeats_and_close_frames(
+    server: RawServer,
+) -> None:
+    """With its descriptor above 1024 (select's limit), the transport still sends a
+    non-blocking ping and its close frame."""
+    filler = []
+    try:
+        while len(filler) < 1100:
+            filler.append(os.open(os.devnull, os.O_RDONLY))
+        conn = Transport.connect(server.url, timeout=seconds(5))
+        try:
+            assert conn._sock.real.fileno() > 1024
+            assert conn.try_send('{"ping":true}') is True
+            assert server.read_frame() == (0x1, b'{"ping":true}')
+        finally:
+            conn.close(timeout=seconds(1))
+        assert server.read_frame() == (0x8, (1000).to_bytes(2, "big"))
+    finally:
+        for fd in filler:
+            os.close(fd)
