@@ -6,7 +6,14 @@ to double every timeout the tests use (never a sleep: tests wait on events).
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,3 +82,35 @@ def client(emulator: Emulator) -> Iterator[diffusionmaster.Client]:
     """A connected Client on the emulator, closed after the test."""
     with make_client(emulator) as c:
         yield c
+
+
+def run_on_a_terminal(*argv: str, cwd: Path | None = None, columns: int = 80) -> tuple[int, str]:
+    """Run ``python -m diffusionmaster ARGV`` with stderr on a pseudo-terminal of
+    ``columns``; return (exit code, what it wrote to stderr). Bounded: a program that
+    stays silent for 60 time units is killed."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    chunks: list[bytes] = []
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "diffusionmaster", *argv],
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=slave,
+        )
+        os.close(slave)
+        while True:
+            if not select.select([master], [], [], seconds(60))[0]:
+                proc.kill()
+                break
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the program closed its end
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        code = proc.wait(timeout=seconds(60))
+    finally:
+        os.close(master)
+    return code, b"".join(chunks).decode("utf-8", "replace")

@@ -8,15 +8,11 @@ import contextlib
 import fcntl
 import json
 import os
-import pty
 import queue
 import re
-import select
 import signal
-import struct
 import subprocess
 import sys
-import termios
 import threading
 import urllib.request
 from collections import Counter
@@ -31,7 +27,7 @@ from diffusionmaster.batchrun import EXIT_CODES, MANIFEST, read_manifest, read_t
 from diffusionmaster.cli import main
 from diffusionmaster.testing import Emulator
 
-from .conftest import API_KEY, seconds
+from .conftest import API_KEY, run_on_a_terminal, seconds
 
 SUBPROCESS_TIMEOUT = seconds(60)
 
@@ -623,29 +619,7 @@ def test_progress_bar_with_running_cost_on_a_terminal(tmp_path: Path) -> None:
     """With stderr on a terminal, a tqdm bar shows the tasks done, the rate and the cost."""
     pytest.importorskip("tqdm")
     tasks = _write_tasks(tmp_path / "t.jsonl", _prompts(3))
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    chunks: list[bytes] = []
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "diffusionmaster", "batch", str(tasks), "--emulator"],
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=slave,
-        )
-        os.close(slave)
-        while select.select([master], [], [], SUBPROCESS_TIMEOUT)[0]:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: the program closed its end
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        code = proc.wait(SUBPROCESS_TIMEOUT)
-    finally:
-        os.close(master)
-    err = b"".join(chunks).decode("utf-8", "replace")
+    code, err = run_on_a_terminal("batch", str(tasks), "--emulator", cwd=tmp_path, columns=120)
     assert code == 0
     assert "3/3" in err
     assert "task/s" in err

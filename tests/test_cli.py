@@ -4,18 +4,13 @@ against a real emulator on 127.0.0.1."""
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import logging
 import os
-import pty
-import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import termios
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,7 +22,7 @@ from diffusionmaster import cli
 from diffusionmaster.cli import EXIT_CODES, main
 from diffusionmaster.testing import Emulator
 
-from .conftest import API_KEY, seconds
+from .conftest import API_KEY, run_on_a_terminal, seconds
 
 SUBPROCESS_TIMEOUT = seconds(30)
 
@@ -355,42 +350,12 @@ def test_emulator_command_prints_its_real_port() -> None:
     assert proc.returncode == 0
 
 
-def _run_on_a_terminal(*argv: str) -> tuple[int, str]:
-    """Run the program with stderr on an 80-column pseudo-terminal; return (code, stderr)."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "diffusionmaster", *argv],
-            stdout=subprocess.DEVNULL,
-            stderr=slave,
-        )
-        os.close(slave)
-        chunks: list[bytes] = []
-        while True:
-            ready, _, _ = select.select([master], [], [], SUBPROCESS_TIMEOUT)
-            if not ready:
-                proc.kill()
-                break
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: the program closed its end
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        code = proc.wait(timeout=SUBPROCESS_TIMEOUT)
-    finally:
-        os.close(master)
-    return code, b"".join(chunks).decode("utf-8", "replace")
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
 def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     """Generating several images with stderr on a terminal draws a tqdm bar there."""
     pytest.importorskip("tqdm")
-    code, err = _run_on_a_terminal("generate", "x", "-n", "4", "--emulator", "-o", str(tmp_path))
+    code, err = run_on_a_terminal("generate", "x", "-n", "4", "--emulator", "-o", str(tmp_path))
     assert code == 0
     assert "4/4" in err
 
