@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from . import usage
-from .connection import internal_thread
+from .connection import Connection, internal_thread
 from .usage import UsageMeter
 
 logger = logging.getLogger("diffusionmaster.calls")
@@ -90,7 +90,7 @@ class Call(Generic[R]):
     __slots__ = (
         "_adapt", "_callbacks", "_cond", "_dispatch", "_done", "_error", "_item", "_items",
         "_result", "blocker", "deadline", "expected", "kind", "meters", "raw", "sent_at", "state",
-        "task_uuid",
+        "task_uuid", "writing",
     )  # fmt: skip
 
     def __init__(
@@ -113,6 +113,9 @@ class Call(Generic[R]):
         #: what the call waits for: "uploads", "connection" (unsent), "results"
         self.state = "uploads"
         self.sent_at: float | None = None
+        #: the connection a thread is writing the call's frame to right now (else None);
+        #: set and cleared by that thread alone, read by whoever expires the call
+        self.writing: Connection | None = None
         #: while uploading: the calls of the uploads it waits for
         self.blocker: list[Call[Any]] = []
         #: the raw protocol items, in arrival order (for accounting)

@@ -28,7 +28,7 @@ from typing import Any
 from . import protocol
 from ._transport import Transport
 from .config import Deadline
-from .errors import AuthenticationError, ConnectionFailedError, ProtocolError
+from .errors import AuthenticationError, ConnectionFailedError
 
 logger = logging.getLogger("diffusionmaster.connection")
 
@@ -170,12 +170,11 @@ class Connection:
                     break
                 try:
                     event = decode(data)
-                except ProtocolError as exc:
-                    # One bad frame must not take the connection down with it.
+                except Exception as exc:
+                    # One bad frame must not take the connection down with it. decode()
+                    # raises only ProtocolError; anything else would be its bug, and
+                    # still costs only this frame.
                     logger.warning("ignoring a frame that cannot be decoded: %s", exc)
-                    continue
-                except Exception as exc:  # a decoder bug (or RecursionError): still one frame
-                    logger.warning("ignoring a frame that failed to decode: %r", exc)
                     continue
                 finally:
                     # Let go of the frame before handing the event on, and of the event

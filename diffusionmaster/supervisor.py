@@ -176,8 +176,6 @@ class Supervisor:
         #: connections given up after a failed send, whose readers may still be reading
         #: what the server sent before the link died -> when to abort them at the latest
         self._draining: dict[Connection, float] = {}
-        #: calls whose frame a thread is writing now -> the connection it writes to
-        self._sending: dict[Call[Any], Connection] = {}
         self._thread: threading.Thread | None = None
         self.dispatcher = Dispatcher()
 
@@ -294,8 +292,7 @@ class Supervisor:
         """
         if call.done():
             return
-        with self._cond:
-            writing = self._sending.get(call)
+        writing = call.writing
         if writing is not None:
             logger.warning(
                 "the frame of task %s was not written within its timeout: reconnecting",
@@ -412,21 +409,18 @@ class Supervisor:
         for index, (entry, _) in enumerate(batch):
             call = entry.owner
             call.sent_at = time.monotonic()
-            with self._cond:
-                self._sending[call] = conn
+            call.writing = conn  # expire() aborts a send that outlives the call's deadline
             try:
                 conn.send(entry.frame)
             except ConnectionFailedError as exc:
-                with self._cond:
-                    self._sending.pop(call, None)
                 with self._cond:
                     for unsent, attempt in batch[index:]:
                         if self._core.send_failed(unsent, attempt):
                             unsent.owner.state = "connection"
                 self._send_failed(conn, exc)
                 return
-            with self._cond:
-                self._sending.pop(call, None)
+            finally:
+                call.writing = None
             logger.debug(
                 "sent %s task %s: %d result(s) expected", call.kind, call.task_uuid, call.expected
             )
