@@ -177,6 +177,10 @@ class _Socket:
 
     def __init__(self, sock: socket.socket) -> None:
         self.real = sock
+        # Asked for on every read and write: the real socket's own methods, bound here,
+        # cost no Python call (not through __getattr__, not through a wrapper method).
+        self.gettimeout = sock.gettimeout
+        self.fileno = sock.fileno
         now = time.monotonic()
         #: monotonic time bytes last arrived / were accepted by the socket
         self.last_received = now
@@ -186,29 +190,23 @@ class _Socket:
         #: while set, every read ends by this monotonic time
         self.deadline: float | None = None
         # Bytes read from the socket and not yet handed to websocket-client.
-        self._ahead: memoryview | None = None
+        self.ahead: bytes | None = None
         self._at = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 
-    def gettimeout(self) -> float | None:  # called before every read: skip __getattr__
-        return self.real.gettimeout()
-
-    def fileno(self) -> int:
-        return self.real.fileno()
-
     def recv(self, size: int) -> bytes:
         # websocket-client asks for each part of a frame apart (the 2-byte header,
         # the length, the payload in pieces of at most 16 KiB): one socket read of up
         # to _READ_AHEAD bytes serves several of those asks.
-        if self._ahead is not None:
+        ahead = self.ahead
+        if ahead is not None:
             start = self._at
-            data = bytes(self._ahead[start : start + size])
+            data = ahead[start : start + size]
             self._at = start + len(data)
-            if self._at >= len(self._ahead):
-                self._ahead.release()
-                self._ahead = None
+            if self._at >= len(ahead):
+                self.ahead = None
         else:
             if self.deadline is not None:
                 left = self.deadline - time.monotonic()
@@ -220,7 +218,7 @@ class _Socket:
                 return data
             self.last_received = time.monotonic()
             if len(data) > size:
-                self._ahead, self._at = memoryview(data), size
+                self.ahead, self._at = data, size
                 data = data[:size]
         if self.budget is not None:
             self.budget -= len(data)
@@ -585,6 +583,7 @@ class Transport:
         # Let go of websocket-client's object and its buffers (a partial frame of a
         # dead connection may be large) and of our partial message.
         self._message = None
+        self._sock.ahead = None
         self._ws = None
 
 

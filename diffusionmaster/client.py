@@ -226,7 +226,10 @@ class Client:
 
     @property
     def usage(self) -> Usage:
-        """Tasks, images and cost (exact) of this client's calls so far. Thread-safe."""
+        """Tasks, images and cost (exact) of this client's calls so far. Thread-safe.
+
+        A call is counted before it returns (or raises).
+        """
         return self._usage.total
 
     def add_state_listener(self, listener: StateListener) -> None:
@@ -308,6 +311,9 @@ class Client:
             _new_uuid(), spec.kind, spec.expected, item=item, adapt=spec.adapt,
             dispatch=self._supervisor.post, deadline=end, meters=(self._usage, *meters),
         )  # fmt: skip
+        if not spec.inputs:
+            self._send(call, spec.build({}, call.task_uuid))
+            return call
         uuids = {name: v for name, v in spec.inputs.items() if isinstance(v, str)}
         local = {name: v for name, v in spec.inputs.items() if isinstance(v, bytes)}
         try:

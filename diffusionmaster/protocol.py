@@ -377,13 +377,22 @@ Event = Union[
 # ---------------------------------------------------------------------------
 
 
-def _strict(kind: type[Any], name: str, accept: Callable[[Any], bool]) -> Callable[[Any, Any], Any]:
+def _strict(name: str, *types: type[Any]) -> Callable[[Any, Any], Any]:
+    # Exact types: what json.loads makes (True is a bool, never an int).
     def hook(value: Any, _: Any) -> Any:
-        if not accept(value):
-            raise TypeError(f"expected {name}, got {type(value).__name__} {value!r:.40}")
-        return kind(value) if kind is float else value
+        if type(value) in types:
+            return value
+        raise TypeError(f"expected {name}, got {type(value).__name__} {value!r:.40}")
 
     return hook
+
+
+def _number(value: Any, _: Any) -> float:
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)
+    raise TypeError(f"expected number, got {type(value).__name__} {value!r:.40}")
 
 
 def _is_int(v: Any) -> bool:
@@ -397,12 +406,10 @@ def _model_id(value: Any, _: Any) -> int | str:
 
 
 converter = cattrs.Converter(detailed_validation=False)
-converter.register_structure_hook(str, _strict(str, "string", lambda v: isinstance(v, str)))
-converter.register_structure_hook(int, _strict(int, "integer", _is_int))
-converter.register_structure_hook(
-    float, _strict(float, "number", lambda v: _is_int(v) or isinstance(v, float))
-)
-converter.register_structure_hook(bool, _strict(bool, "boolean", lambda v: isinstance(v, bool)))
+converter.register_structure_hook(str, _strict("string", str))
+converter.register_structure_hook(int, _strict("integer", int))
+converter.register_structure_hook(float, _number)
+converter.register_structure_hook(bool, _strict("boolean", bool))
 converter.register_structure_hook(int | str, _model_id)
 
 _MESSAGE_CLASSES: tuple[type[Any], ...] = (
@@ -411,6 +418,11 @@ _MESSAGE_CLASSES: tuple[type[Any], ...] = (
     SessionEstablished, ServerError, ImageItem, ImagesResult, UploadResult, TextItem,
     TextsResult, PreprocessResult,
 )  # fmt: skip
+
+
+#: The pseudo-field that carries a frame's top-level key into a result class's ``kind``
+#: (cheaper than rebuilding the result after structuring it).
+_KIND = "@kind"
 
 
 def _register(cls: type[Any]) -> None:
@@ -426,12 +438,18 @@ def _register(cls: type[Any]) -> None:
         f.name: override(rename=f.metadata["wire"]) if f.metadata["wire"] else override(omit=True)
         for f in fields
     }
-    converter.register_unstructure_hook(
-        cls, make_dict_unstructure_fn(cls, converter, **unstructure)
-    )
-    converter.register_structure_hook(cls, make_dict_structure_fn(cls, converter, **structure))
+    if "kind" in structure:  # the frame's top-level key, put in by _decode as "@kind"
+        structure["kind"] = override(rename=_KIND)
+    _UNSTRUCTURE[cls] = make_dict_unstructure_fn(cls, converter, **unstructure)
+    _STRUCTURE[cls] = make_dict_structure_fn(cls, converter, **structure)
+    converter.register_unstructure_hook(cls, _UNSTRUCTURE[cls])
+    converter.register_structure_hook(cls, _STRUCTURE[cls])
 
 
+# The hooks of the message classes, called directly by encode and decode (the
+# converter's dispatch would look them up again for every frame).
+_UNSTRUCTURE: dict[type[Any], Callable[[Any], dict[str, Any]]] = {}
+_STRUCTURE: dict[type[Any], Callable[[Any, Any], Any]] = {}
 for _cls in _MESSAGE_CLASSES:
     _register(_cls)
 
@@ -445,6 +463,10 @@ for _cls in _MESSAGE_CLASSES:
 VERBATIM_MIN = 64 * 1024
 _JSON_SPECIAL = (*map(chr, range(0x20)), '"', "\\")  # what JSON must escape in a string
 _PLACEHOLDER = "@@verbatim-{}@@"
+
+
+#: Made once: ``json.dumps`` with options builds a new encoder for every frame.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _verbatim(value: str) -> bool:
@@ -468,25 +490,25 @@ def encode(message: Request) -> str:
     """
     if isinstance(message, Ping):
         return '{"ping":true}'
-    body = converter.unstructure(message)
+    body = _UNSTRUCTURE[type(message)](message)
     large = {
         key: value
         for key, value in body.items()
         if isinstance(value, str) and len(value) >= VERBATIM_MIN and _verbatim(value)
     }
     if not large:
-        return json.dumps({message.KEY: body}, separators=(",", ":"), ensure_ascii=False)
+        return _ENCODER.encode({message.KEY: body})
     placeholders = {}
     for index, (key, value) in enumerate(large.items()):
         placeholder = _PLACEHOLDER.format(index)
         placeholders[f'"{placeholder}"'] = value
         body[key] = placeholder
-    text = json.dumps({message.KEY: body}, separators=(",", ":"), ensure_ascii=False)
+    text = _ENCODER.encode({message.KEY: body})
     parts: list[str] = []
     for quoted, value in placeholders.items():
         if text.count(quoted) != 1:  # another field holds the placeholder text itself
             body.update(large)
-            return json.dumps({message.KEY: body}, separators=(",", ":"), ensure_ascii=False)
+            return _ENCODER.encode({message.KEY: body})
         head, text = text.split(quoted, 1)
         parts += (head, '"', value, '"')
     parts.append(text)
@@ -524,7 +546,7 @@ def _structure(key: str, body: Any, cls: type[T]) -> T:
     if not isinstance(body, dict):
         raise ProtocolError(f"{key}: expected an object, got {type(body).__name__}")
     try:
-        return converter.structure(body, cls)
+        return _STRUCTURE[cls](body, cls)  # type: ignore[no-any-return]
     except KeyError as exc:
         raise ProtocolError(f"{key}: missing required field {exc.args[0]!r}") from exc
     except (TypeError, ValueError, AttributeError) as exc:
@@ -701,16 +723,15 @@ def _decode(text: str | bytes | bytearray) -> Event:
         key, body = next(iter(frame.items()))
         cls = _EVENT_KEYS.get(key)
         if cls is not None:
+            listing = cls is ImagesResult or cls is TextsResult
+            if listing and isinstance(body, dict):
+                body[_KIND] = key  # a server's own "@kind" is overwritten: the key decides
             try:
-                event = _structure(key, body, cls)
+                return _structure(key, body, cls)  # type: ignore[no-any-return]
             except ProtocolError as exc:
-                if cls is ImagesResult or cls is TextsResult:
+                if listing:
                     return _partial(key, body, cls, exc)
                 raise
-            # kind defaults to newImages / newReverseClip: evolve (slow) only for other keys.
-            if (cls is ImagesResult or cls is TextsResult) and event.kind != key:
-                event = attrs.evolve(event, kind=key)
-            return event  # type: ignore[no-any-return]
     key = next(iter(frame), "")
     return Unknown(key=key, payload=frame)
 
@@ -746,7 +767,7 @@ def _partial(
     invalid = ProtocolError(
         f"{key}: {len(problems)} of {len(items)} items cannot be read: {summary}"
     )
-    valid = attrs.evolve(shell, **{field: good}, kind=key) if good else None
+    valid = attrs.evolve(shell, **{field: good}) if good else None
     if not bad and valid is None:
         raise invalid
     return Invalid(invalid, tuple(bad), valid)

@@ -32,7 +32,7 @@ Not thread-safe: the supervisor calls it with its lock held.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -79,9 +79,9 @@ class Entry(Generic[O]):
         return f"<Entry {self.task_uuid} {len(self.seen)}/{self.expected} {state}>"
 
 
-@attrs.frozen
+@attrs.define  # not frozen: one is made for every result, and frozen init costs twice
 class Delivery(Generic[O]):
-    """What one event means for one task."""
+    """What one event means for one task (read-only by convention)."""
 
     entry: Entry[O]
     #: the new distinct items, in arrival order (repeats removed)
@@ -116,16 +116,15 @@ def item_key(item: Any) -> str:
     raise TypeError(f"not a result item: {type(item).__name__}")
 
 
-def _by_task(event: protocol.Event) -> Iterator[tuple[str, Any]]:
-    """(task UUID, item) for every result item of ``event``, in order."""
+def _items(event: protocol.Event) -> Sequence[Any]:
+    """The result items of ``event``, in order; each has its ``task_uuid``."""
     if isinstance(event, protocol.ImagesResult):
-        for image in event.images:
-            yield image.task_uuid, image
-    elif isinstance(event, protocol.TextsResult):
-        for text in event.texts:
-            yield text.task_uuid, text
-    elif isinstance(event, (protocol.UploadResult, protocol.PreprocessResult)):
-        yield event.task_uuid, event
+        return event.images
+    if isinstance(event, protocol.TextsResult):
+        return event.texts
+    if isinstance(event, (protocol.UploadResult, protocol.PreprocessResult)):
+        return (event,)
+    return ()
 
 
 class SessionCore(Generic[O]):
@@ -206,7 +205,8 @@ class SessionCore(Generic[O]):
             # of a task just failed count as unrouted).
             return failed + (self.receive(event.valid) if event.valid is not None else [])
         fresh: dict[str, list[Any]] = {}
-        for task_uuid, item in _by_task(event):
+        for item in _items(event):
+            task_uuid = item.task_uuid
             entry = self._tasks.get(task_uuid)
             if entry is None:
                 self.unrouted += 1

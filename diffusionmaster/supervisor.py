@@ -9,7 +9,7 @@ expires calls whose deadline passed.
 
 Threading invariants (each kept by the code next to it):
 
-- ``_cond`` guards ``_state``, ``_conn``, ``_core``, ``_timers`` and
+- ``_lock`` guards ``_state``, ``_conn``, ``_core``, ``_timers`` and
   ``_draining``. It is never held across I/O or a callback: the reader takes
   it only to feed the core one event, and acts on the answer after releasing it.
 - A task is registered in the core before its frame is sent, so a fast reply
@@ -130,6 +130,15 @@ class _Backoff:
         return delay
 
 
+#: The events that carry results for tasks.
+_RESULTS = (
+    protocol.ImagesResult,
+    protocol.TextsResult,
+    protocol.UploadResult,
+    protocol.PreprocessResult,
+)
+
+
 class Supervisor:
     """Owns the session across connections. Thread-safe."""
 
@@ -156,7 +165,7 @@ class Supervisor:
     def _init_runtime(self) -> None:
         # Everything a forked child must rebuild: locks may have been held at fork.
         self._pid = os.getpid()
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._started = False
         self._wake = threading.Event()
@@ -202,12 +211,12 @@ class Supervisor:
 
     def add_listener(self, listener: StateListener) -> None:
         """Call ``listener(state)`` on the dispatcher thread at every state change."""
-        with self._cond:
+        with self._lock:
             self._listeners.append(listener)
 
     def remove_listener(self, listener: StateListener) -> None:
         """Stop calling ``listener``."""
-        with self._cond:
+        with self._lock:
             self._listeners.remove(listener)
 
     def start(self) -> None:
@@ -261,7 +270,7 @@ class Supervisor:
         """
         if not self._started:
             self.start()  # a forked child's first call opens its own session
-        with self._cond:
+        with self._lock:
             self._check_usable()
             entry = self._core.add(call.task_uuid, frame, call.expected, call)
             if call.deadline is not None:
@@ -276,7 +285,7 @@ class Supervisor:
 
     def abandon(self, call: Call[Any], error: BaseException) -> None:
         """Forget ``call``'s task (timed out or abandoned) and fail it with ``error``."""
-        with self._cond:
+        with self._lock:
             entry = self._core.remove(call.task_uuid)
         if entry is not None and entry.owner is not call:  # pragma: no cover - a bug
             raise AssertionError("task UUID reused by another call")
@@ -329,7 +338,7 @@ class Supervisor:
 
     def close(self, timeout: float = 2.0) -> None:
         """Close the connection, fail every waiting call, and stop the threads. Idempotent."""
-        with self._cond:
+        with self._lock:
             if self._state is State.CLOSED:
                 return
             conn, self._conn = self._conn, None
@@ -358,7 +367,7 @@ class Supervisor:
     # -- internals: state --------------------------------------------------------------
 
     def _check_usable(self) -> None:
-        # Called with _cond held.
+        # Called with _lock held.
         if self._state is State.CLOSED:
             raise ClientClosedError("the client is closed")
         if self._state is State.FAILED:
@@ -368,15 +377,14 @@ class Supervisor:
             raise ConnectionFailedError(f"the client has failed: {error}") from error
 
     def _set_state(self, state: State) -> None:
-        with self._cond:
+        with self._lock:
             listeners = self._enter(state)
         self._emit(listeners, state)
 
     def _enter(self, state: State) -> list[StateListener]:
-        # Called with _cond held: change state, wake waiters, return the listeners to call
+        # Called with _lock held: change state, wake waiters, return the listeners to call
         # (after the lock is released).
         self._state = state
-        self._cond.notify_all()
         return list(self._listeners)
 
     def _emit(self, listeners: list[StateListener], state: State) -> None:
@@ -396,7 +404,7 @@ class Supervisor:
     # -- internals: sending ----------------------------------------------------------------
 
     def _claim(self, entry: Entry[Call[Any]]) -> tuple[Connection | None, int | None]:
-        # Called with _cond held: hand the task to the current connection if there is one.
+        # Called with _lock held: hand the task to the current connection if there is one.
         if self._state is not State.CONNECTED or self._conn is None:
             return None, None
         attempt = self._core.hand_over(entry)
@@ -413,7 +421,7 @@ class Supervisor:
             try:
                 conn.send(entry.frame)
             except ConnectionFailedError as exc:
-                with self._cond:
+                with self._lock:
                     for unsent, attempt in batch[index:]:
                         if self._core.send_failed(unsent, attempt):
                             unsent.owner.state = "connection"
@@ -429,37 +437,38 @@ class Supervisor:
 
     def _route(self, event: protocol.Event) -> None:
         # Runs on the reader thread, which must outlive any one event: a failure here
-        # (a bug) costs that event only, and is logged.
+        # (a bug) costs that event only, and is logged. One short locked step, then
+        # the calls are told (they never block the reader).
         try:
-            self._route_event(event)
+            if not isinstance(event, _RESULTS):
+                if isinstance(event, protocol.Invalid):
+                    logger.warning(
+                        "a frame cannot be decoded (it names %d task(s)): %s",
+                        len(event.task_uuids), event.error,
+                    )  # fmt: skip
+                elif isinstance(event, protocol.ServerError):
+                    if event.task_uuid is None:
+                        logger.warning(
+                            "server error (errorId %s): %s", event.error_id, event.error_message
+                        )
+                        return
+                elif isinstance(event, protocol.Unknown):
+                    logger.debug("ignoring unknown frame %r", event.key)
+                    return
+                else:  # Pong, SessionEstablished: nothing to route
+                    return
+            with self._lock:
+                unrouted = self._core.unrouted
+                deliveries = self._core.receive(event)
+                if deliveries:
+                    self._healthy = True
+                dropped = self._core.unrouted - unrouted
+            for delivery in deliveries:
+                self._deliver(delivery)
+            if dropped:
+                logger.debug("dropped %d result(s) that no call waits for", dropped)
         except Exception:
             logger.exception("could not route a %s event; dropped it", type(event).__name__)
-
-    def _route_event(self, event: protocol.Event) -> None:
-        # One short locked step, then queue puts only.
-        if isinstance(event, protocol.Invalid):
-            logger.warning(
-                "a frame cannot be decoded (it names %d task(s)): %s",
-                len(event.task_uuids), event.error,
-            )  # fmt: skip
-        if isinstance(event, protocol.ServerError) and event.task_uuid is None:
-            logger.warning("server error (errorId %s): %s", event.error_id, event.error_message)
-            return
-        if isinstance(event, protocol.Unknown):
-            logger.debug("ignoring unknown frame %r", event.key)
-            return
-        if isinstance(event, (protocol.Pong, protocol.SessionEstablished)):
-            return
-        with self._cond:
-            unrouted = self._core.unrouted
-            deliveries = self._core.receive(event)
-            if deliveries:
-                self._healthy = True
-            dropped = self._core.unrouted - unrouted
-        if dropped:
-            logger.debug("dropped %d result(s) that no call waits for", dropped)
-        for delivery in deliveries:
-            self._deliver(delivery)
 
     @staticmethod
     def _deliver(delivery: Delivery[Call[Any]]) -> None:
@@ -481,7 +490,7 @@ class Supervisor:
         conn = Connection(
             transport, session_uuid, on_event=self._route, on_lost=self._connection_lost
         )
-        with self._cond:
+        with self._lock:
             if self._state is State.CLOSED:
                 transport.close()
                 return
@@ -524,7 +533,7 @@ class Supervisor:
     def _connection_lost(self, conn: Connection, reason: BaseException | None) -> None:
         # The reader's last act: its socket has ended.
         conn.abort()
-        with self._cond:
+        with self._lock:
             self._draining.pop(conn, None)
         self._mark_lost(conn, reason)
 
@@ -535,14 +544,14 @@ class Supervisor:
         # the error that follows; the supervisor aborts it if it is still there after
         # the heartbeat timeout (a link that died silently), and close() does at once.
         if conn.reading:
-            with self._cond:
+            with self._lock:
                 self._draining[conn] = time.monotonic() + self._heartbeat.timeout
         self._wake.set()
         self._mark_lost(conn, reason)
 
     def _mark_lost(self, conn: Connection, reason: BaseException | None) -> None:
         # The current connection is gone: reconnect (or fail, if reconnecting is off).
-        with self._cond:
+        with self._lock:
             if self._conn is not conn or self._state is not State.CONNECTED:
                 return
             self._conn = None
@@ -583,7 +592,7 @@ class Supervisor:
         internal_thread.active = True
         try:
             while True:
-                with self._cond:
+                with self._lock:
                     state, conn = self._state, self._conn
                 if state in (State.CLOSED, State.FAILED):
                     return
@@ -605,7 +614,7 @@ class Supervisor:
 
     def _fail_for_good(self, error: BaseException) -> None:
         # The terminal state: every waiting call fails now, every later call at once.
-        with self._cond:
+        with self._lock:
             if self._state is State.CLOSED:
                 return
             self._last_error = _detached(error)
@@ -631,7 +640,7 @@ class Supervisor:
         """Expire calls past their deadline; return seconds until the next deadline."""
         now = time.monotonic()
         due = []
-        with self._cond:
+        with self._lock:
             timers = self._timers
             while timers and (timers[0][0] <= now or timers[0][2].done()):
                 due.append(heapq.heappop(timers)[2])
@@ -643,7 +652,7 @@ class Supervisor:
     def _reap_draining(self) -> float | None:
         """Abort draining connections past their time; return seconds until the next one."""
         now = time.monotonic()
-        with self._cond:
+        with self._lock:
             due = [c for c, deadline in self._draining.items() if deadline <= now]
             for conn in due:
                 del self._draining[conn]
@@ -748,7 +757,7 @@ class Supervisor:
 
     def _give_up(self, reason: BaseException) -> None:
         # The resume window has passed: the results of sent tasks are gone.
-        with self._cond:
+        with self._lock:
             lost = self._core.window_passed()
         window = self._reconnect.resume_window
         logger.warning(

@@ -41,10 +41,13 @@ class Usage:
         )
 
 
+_ZERO = Decimal(0)
+
+
 def of_items(items: Iterable[Any]) -> Usage:
     """The usage of one completed task, from its raw protocol items."""
     images = 0
-    cost = Decimal(0)
+    cost = _ZERO
     for item in items:
         if isinstance(item, (protocol.ImageItem, protocol.PreprocessResult)):
             images += 1
@@ -62,18 +65,25 @@ FAILED = Usage(failed=1)
 class UsageMeter:
     """A running :class:`Usage` total. Thread-safe."""
 
-    __slots__ = ("_lock", "_total")
+    __slots__ = ("_cost", "_failed", "_images", "_lock", "_tasks")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._total = Usage()
+        # Counters, not a Usage: adding builds no object (it runs as every call ends).
+        self._tasks = self._failed = self._images = 0
+        self._cost = _ZERO
 
     def add(self, usage: Usage) -> None:
         """Add ``usage`` to the total."""
         with self._lock:
-            self._total = self._total + usage
+            self._tasks += usage.tasks
+            self._failed += usage.failed
+            self._images += usage.images
+            if usage.cost:
+                self._cost += usage.cost
 
     @property
     def total(self) -> Usage:
         """The total so far."""
-        return self._total
+        with self._lock:
+            return Usage(self._tasks, self._failed, self._images, self._cost)

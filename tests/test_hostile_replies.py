@@ -307,23 +307,26 @@ def test_routing_bug_costs_one_event_not_the_reader(
     emulator: Emulator, client: diffusionmaster.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An unexpected exception while routing one event is logged; the reader reads on."""
-    supervisor = client._supervisor
-    route = supervisor._route_event
+    core = client._supervisor._core
+    receive = core.receive
     broken = threading.Event()
 
-    def once(event: Any) -> None:
+    def once(event: Any) -> Any:
         if not broken.is_set():
             broken.set()
             raise RuntimeError("injected routing bug")
-        route(event)
+        return receive(event)
 
-    supervisor._route_event = once  # type: ignore[method-assign]
-    assert emulator.send_raw('{"pong": true}') == 1
+    core.receive = once  # type: ignore[method-assign]
+    stray = '{"newPromptEnhancer": {"texts": [{"taskUUID": "no-such-task", "text": "x"}]}}'
+    assert emulator.send_raw(stray) == 1
     assert broken.wait(seconds(5))
     (image,) = client.text2img("after the bug", seed=6)
     assert image.uuid
     assert emulator.connections_opened == 1
-    assert any(r.getMessage() == "could not route a Pong event; dropped it" for r in caplog.records)
+    assert any(
+        r.getMessage() == "could not route a TextsResult event; dropped it" for r in caplog.records
+    )
 
 
 def test_send_raw_reaches_only_authenticated_connections(emulator: Emulator) -> None:
