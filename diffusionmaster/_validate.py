@@ -27,13 +27,14 @@ def _is_int(value: object) -> bool:
 
 def integer(name: str, value: object, low: int, high: int | None = None) -> int:
     """An int in [low, high] (high None: unbounded)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if low <= value and (high is None or value <= high):
+            return int(value)
+        shown = f"{value}"
+    else:
+        shown = repr(value)
     bounds = f">= {low}" if high is None else f"from {low} to {high}"
-    if not _is_int(value):
-        raise InvalidArgumentError(name, f"must be an integer {bounds}, got {value!r}")
-    assert isinstance(value, int)
-    if value < low or (high is not None and value > high):
-        raise InvalidArgumentError(name, f"must be an integer {bounds}, got {value}")
-    return int(value)
+    raise InvalidArgumentError(name, f"must be an integer {bounds}, got {shown}")
 
 
 def number(name: str, value: object, low: float, high: float) -> float:
