@@ -16,6 +16,9 @@ Threading invariants:
 - ``send`` may be called from any thread (the transport serialises sends).
 - ``on_lost`` runs once, on the reader thread, when the socket ends for any
   reason (close frame, error, or ``abort()`` from another thread).
+- Warnings about what the server sent go through :meth:`Connection.warn`, on the
+  reader thread only: a server sending a stream of bad frames costs the
+  application's logs at most :data:`SERVER_WARNINGS` warnings per connection.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from .errors import AuthenticationError, ConnectionFailedError
 logger = logging.getLogger("diffusionmaster.connection")
 
 INVALID_API_KEY = 19
+
+#: Warnings about the server's frames logged at WARNING per connection; the rest at DEBUG.
+SERVER_WARNINGS = 20
 
 #: Marks the threads of the library, so that a blocking call made on one of them
 #: (from a callback or listener) fails fast instead of deadlocking.
@@ -99,13 +105,14 @@ class Connection:
         transport: Transport,
         session_uuid: str,
         *,
-        on_event: Callable[[protocol.Event], None],
+        on_event: Callable[[Connection, protocol.Event], None],
         on_lost: Callable[[Connection, BaseException | None], None],
     ) -> None:
         self.transport = transport
         self.session_uuid = session_uuid
         self._on_event = on_event
         self._on_lost = on_lost
+        self._warnings_left = SERVER_WARNINGS
         self._reader = threading.Thread(
             target=self._read_loop, name="diffusionmaster-reader", daemon=True
         )
@@ -119,6 +126,21 @@ class Connection:
     def last_sent(self) -> float:
         """Monotonic time the socket last accepted bytes to send."""
         return self.transport.last_sent
+
+    def warn(self, log: logging.Logger, message: str, *args: object) -> None:
+        """Log a warning about what the server sent (on the reader thread only).
+
+        The first :data:`SERVER_WARNINGS` of this connection are logged at WARNING
+        (the last one says so), later ones at DEBUG: a server that sends bad frames
+        without end cannot flood the application's logs.
+        """
+        if self._warnings_left <= 0:
+            log.debug(message, *args)
+            return
+        self._warnings_left -= 1
+        if not self._warnings_left:
+            message += " (more warnings about this connection's frames are logged at DEBUG)"
+        log.warning(message, *args)
 
     def start(self) -> None:
         """Start the reader thread."""
@@ -174,7 +196,7 @@ class Connection:
                     # One bad frame must not take the connection down with it. decode()
                     # raises only ProtocolError; anything else would be its bug, and
                     # still costs only this frame.
-                    logger.warning("ignoring a frame that cannot be decoded: %s", exc)
+                    self.warn(logger, "ignoring a frame that cannot be decoded: %s", exc)
                     continue
                 finally:
                     # Let go of the frame before handing the event on, and of the event
@@ -182,7 +204,7 @@ class Connection:
                     # decodes the image meanwhile, and a frame or event held here would
                     # keep tens of MB alive for nothing (bench "large": peak memory).
                     del data
-                on_event(event)
+                on_event(self, event)
                 del event
         except ConnectionFailedError as exc:
             reason = exc

@@ -435,22 +435,23 @@ class Supervisor:
 
     # -- internals: receiving --------------------------------------------------------------
 
-    def _route(self, event: protocol.Event) -> None:
+    def _route(self, conn: Connection, event: protocol.Event) -> None:
         # Runs on the reader thread, which must outlive any one event: a failure here
         # (a bug) costs that event only, and is logged. One short locked step, then
         # the calls are told (they never block the reader).
         try:
             if not isinstance(event, _RESULTS):
                 if isinstance(event, protocol.Invalid):
-                    logger.warning(
-                        "a frame cannot be decoded (it names %d task(s)): %s",
+                    conn.warn(
+                        logger, "a frame cannot be decoded (it names %d task(s)): %s",
                         len(event.task_uuids), event.error,
                     )  # fmt: skip
                 elif isinstance(event, protocol.ServerError):
                     if event.task_uuid is None:
-                        logger.warning(
-                            "server error (errorId %s): %s", event.error_id, event.error_message
-                        )
+                        conn.warn(
+                            logger, "server error (errorId %s): %s",
+                            event.error_id, event.error_message,
+                        )  # fmt: skip
                         return
                 elif isinstance(event, protocol.Unknown):
                     logger.debug("ignoring unknown frame %r", event.key)

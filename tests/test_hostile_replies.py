@@ -19,6 +19,7 @@ import pytest
 
 import diffusionmaster
 from diffusionmaster import Heartbeat, ProtocolError, State
+from diffusionmaster.connection import SERVER_WARNINGS
 from diffusionmaster.errors import ConnectionFailedError
 from diffusionmaster.testing import Emulator
 
@@ -96,6 +97,29 @@ def test_bad_frame_is_logged(
         client.text2img("a lighthouse", seed=3)
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("diffusionmaster")]
     assert any("cannot be decoded" in m and "RecursionError" in m for m in messages), messages
+
+
+def test_a_flood_of_bad_frames_costs_a_bounded_number_of_warnings(
+    emulator: Emulator, client: diffusionmaster.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past SERVER_WARNINGS per connection, warnings about the server's frames go to DEBUG."""
+    frames = ["{not json", '{"error": true, "errorId": 7, "errorMessage": "flood"}'] * 20
+    assert len(frames) > SERVER_WARNINGS
+    with caplog.at_level(logging.DEBUG, logger="diffusionmaster"):
+        for text in frames:
+            assert emulator.send_raw(text) == 1
+        (image,) = client.text2img("after the flood", seed=3)  # read after every bad frame
+    assert image.uuid
+    about = [
+        r for r in caplog.records
+        if "cannot be decoded" in r.getMessage() or "(errorId 7)" in r.getMessage()
+    ]  # fmt: skip
+    assert len(about) == len(frames)
+    assert [r.levelno for r in about] == (
+        [logging.WARNING] * SERVER_WARNINGS + [logging.DEBUG] * (len(frames) - SERVER_WARNINGS)
+    )
+    assert "logged at DEBUG" in about[SERVER_WARNINGS - 1].getMessage()
+    assert emulator.connections_opened == 1
 
 
 def test_undecodable_frame_naming_a_task_fails_it_at_once(emulator: Emulator) -> None:
