@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import CASES
-from bench._common import CaseResult, Row, machine
+from bench._common import CaseResult, Row, cpu_ticks, machine, steal_percent
 
 _MODULES = {
     "latency": "bench.latency",
@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(
         f"{info['cpu']}, {info['nproc']} CPUs, Python {info['python']}, "
-        f"websocket-client {info['packages']['websocket-client']}"
+        f"websocket-client {info['packages']['websocket-client']} "
+        f"(frames masked by {info['masking']})"
         f"{', quick' if args.quick else ''}",
         flush=True,
     )
@@ -108,16 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         module: Any = importlib.import_module(_MODULES[name])
         print(f"-- {name}: {module.TITLE} ...", flush=True)
-        case_start = time.perf_counter()
+        case_start, ticks = time.perf_counter(), cpu_ticks()
         try:
             result: CaseResult = module.run(args.quick)
         except Exception as exc:
             traceback.print_exc()
             result = CaseResult(name, module.TITLE, error=f"{type(exc).__name__}: {exc}")
         result.seconds = time.perf_counter() - case_start
+        result.steal = steal_percent(ticks, cpu_ticks())
         results.append(result)
         status = f"error: {result.error}" if result.error else "done"
-        print(f"   {status} in {result.seconds:.1f} s", flush=True)
+        steal = "" if result.steal is None else f" (host steal: {result.steal:.1f}% of CPU time)"
+        print(f"   {status} in {result.seconds:.1f} s{steal}", flush=True)
     total = time.perf_counter() - started
     print()
     print(table(results))

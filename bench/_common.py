@@ -60,6 +60,10 @@ class CaseResult:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    #: share (%) of the CPUs' time the hypervisor took from this machine during the
+    #: case (None where /proc/stat has no steal column): above a few percent the
+    #: ratios say more about the host than about the code
+    steal: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -315,6 +319,32 @@ def _git() -> str:
     return f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else "unknown"
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) CPU ticks so far, from /proc/stat; None where it cannot be read."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 8:
+        return None
+    return fields[7], sum(fields[:8])  # user nice system idle iowait irq softirq steal
+
+
+def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of CPU time stolen between two :func:`cpu_ticks` readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+
+
+def _masking() -> str:
+    # websocket-client masks with wsaccel when it could import it (it binds this name).
+    import websocket._abnf
+
+    return "wsaccel" if hasattr(websocket._abnf, "XorMaskerSimple") else "websocket-client"
+
+
 def machine() -> dict[str, Any]:
     """Where the numbers come from."""
     return {
@@ -335,7 +365,9 @@ def machine() -> dict[str, Any]:
                 "attrs",
                 "cattrs",
                 "pillow",
+                "wsaccel",
             )
         },
+        "masking": _masking(),
         "commit": _git(),
     }
