@@ -20,7 +20,6 @@ from diffusionmaster import (
     Model,
     TaskError,
     UploadedImage,
-    protocol,
     tables,
 )
 from diffusionmaster.testing import Emulator
@@ -325,8 +324,8 @@ def test_preprocess_controlnet_accepts_a_new_images_reply(
     new_uuid = str(uuid.uuid4())
     item = {"imageSrc": source.url, "imageUUID": new_uuid, "taskUUID": body["taskUUID"],
             "bNSFWContent": False}  # fmt: skip
-    # What the reader thread does with a received frame: decode it, then route it.
-    client._supervisor._route(protocol.decode(json.dumps({"newImages": {"images": [item]}})))
+    # Over the socket, past the withheld reply.
+    assert emulator.send_raw(json.dumps({"newImages": {"images": [item]}})) == 1
     assert future.result(seconds(5)) == Image(new_uuid, source.url, body["taskUUID"], False)
 
 
