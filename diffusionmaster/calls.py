@@ -9,8 +9,12 @@ Threading invariants:
 
 - ``_lock`` guards every field that changes. The reader only appends, sets and
   notifies under it: it never blocks there, and never runs a callback.
+- A call ends in two steps. Whoever ends it (a result, an error, a timeout) sets
+  ``_ending`` under the lock, so only one of them goes on; it accounts for the
+  call's usage, and only then sets ``_done`` and lets the waiters go. So when a
+  call is seen done, by any path, the client's usage includes it.
 - Waiting for the end costs no condition variable: ``_latch`` is a lock held from
-  the start and released once, when the call ends; a waiter acquires it and
+  the start and released once, when the call is done; a waiter acquires it and
   releases it at once, which lets the next waiter through. (A ``Condition`` wait
   and notify, all Python code, cost about 25 us more per call on the critical
   path: bench "latency".) Only :meth:`Call.stream`, which wakes for every item,
@@ -94,7 +98,7 @@ class Call(Generic[R]):
     """
 
     __slots__ = (
-        "_adapt", "_callbacks", "_cond", "_dispatch", "_done", "_error", "_item", "_items",
+        "_adapt", "_callbacks", "_cond", "_dispatch", "_done", "_ending", "_error", "_item", "_items",
         "_latch", "_lock", "_result", "blocker", "deadline", "expected", "kind", "meters", "raw", "sent_at", "state",
         "task_uuid", "writing",
     )  # fmt: skip
@@ -135,7 +139,8 @@ class Call(Generic[R]):
         #: made by the first stream(), which waits for each item
         self._cond: threading.Condition | None = None
         self._items: list[Any] = []
-        self._done = False
+        self._ending = False  # set by whoever ends the call, once
+        self._done = False  # set after the usage is counted
         self._error: BaseException | None = None
         self._result: Any = None
         self._callbacks: list[Callable[[Call[R]], object]] = []
@@ -151,7 +156,7 @@ class Call(Generic[R]):
         """New distinct items arrived (on the reader thread); ``complete``: all are here."""
         converted = [self._item(raw) for raw in items]
         with self._lock:
-            if self._done:
+            if self._ending:
                 return
             self.raw.extend(items)
             self._items.extend(converted)
@@ -160,7 +165,7 @@ class Call(Generic[R]):
                     self._result = self._adapt(list(self._items))
                 except Exception as exc:  # pragma: no cover - an adapter bug
                     self._error = exc
-                self._done = True
+                self._ending = True
             if self._cond is not None:
                 self._cond.notify_all()
         if complete:
@@ -169,12 +174,10 @@ class Call(Generic[R]):
     def fail(self, error: BaseException) -> bool:
         """Fail the call with ``error`` unless it is done; return True if it was failed."""
         with self._lock:
-            if self._done:
+            if self._ending:
                 return False
             self._error = error
-            self._done = True
-            if self._cond is not None:
-                self._cond.notify_all()
+            self._ending = True
         self._finished()
         return True
 
@@ -187,24 +190,30 @@ class Call(Generic[R]):
         self._dispatch(lambda: fn(self))
 
     def _finished(self) -> None:
-        # Once, outside the lock: account for the call (before any waiter wakes, so
-        # that the client's usage includes it when the call returns), let the
-        # waiters go, then schedule the callbacks.
-        if self.meters:
-            used = usage.FAILED if self._error is not None else usage.of_items(self.raw)
-            for meter in self.meters:
-                meter.add(used)
-        self._latch.release()
-        with self._lock:
-            callbacks, self._callbacks = self._callbacks, []
+        # Once, by whoever set _ending: account for the call, mark it done (so that
+        # the client's usage includes every call seen done), let the waiters go,
+        # then schedule the callbacks.
+        try:
+            if self.meters:
+                used = usage.FAILED if self._error is not None else usage.of_items(self.raw)
+                for meter in self.meters:
+                    meter.add(used)
+        finally:  # whatever happened, the call is done and its waiters go
+            with self._lock:
+                self._done = True
+                callbacks, self._callbacks = self._callbacks, []
+                if self._cond is not None:
+                    self._cond.notify_all()
+            self._latch.release()
         for fn in callbacks:
             self._dispatch(lambda fn=fn: fn(self))  # type: ignore[misc]
 
     # -- read by whoever waits ------------------------------------------------------------
 
     def done(self) -> bool:
-        """True once the call has its result or its error."""
-        return self._done
+        """True once the call has its result or its error (it may still be counting its
+        usage for a moment: :meth:`wait` and :meth:`outcome` wait for that too)."""
+        return self._ending
 
     def remaining(self) -> float | None:
         """Seconds until the call's deadline (never negative), or None."""
@@ -222,7 +231,9 @@ class Call(Generic[R]):
 
     def outcome(self) -> R:
         """The result of a done call, or raise its error."""
-        assert self._done, "outcome() of a call that is not done"
+        if not self._done:
+            assert self._ending, "outcome() of a call that is not done"
+            self.wait(None)  # ended by another thread, which is counting its usage
         if self._error is not None:
             raise self._error
         result: R = self._result
