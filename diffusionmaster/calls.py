@@ -222,7 +222,7 @@ class Call(Generic[R]):
         return max(0.0, self.deadline - time.monotonic())
 
     def wait(self, timeout: float | None) -> bool:
-        """Wait until done or ``timeout`` seconds; return :meth:`done`."""
+        """Wait until done, its usage counted, or ``timeout`` seconds; return whether it is."""
         if self._done:
             return True
         if self._latch.acquire(timeout=-1 if timeout is None else timeout):
