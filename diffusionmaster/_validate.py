@@ -27,7 +27,8 @@ def _is_int(value: object) -> bool:
 
 def integer(name: str, value: object, low: int, high: int | None = None) -> int:
     """An int in [low, high] (high None: unbounded)."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    if _is_int(value):
+        assert isinstance(value, int)
         if low <= value and (high is None or value <= high):
             return int(value)
         shown = f"{value}"

@@ -311,9 +311,6 @@ class Client:
             _new_uuid(), spec.kind, spec.expected, item=item, adapt=spec.adapt,
             dispatch=self._supervisor.post, deadline=end, meters=(self._usage, *meters),
         )  # fmt: skip
-        if not spec.inputs:
-            self._send(call, spec.build({}, call.task_uuid))
-            return call
         uuids = {name: v for name, v in spec.inputs.items() if isinstance(v, str)}
         local = {name: v for name, v in spec.inputs.items() if isinstance(v, bytes)}
         try:

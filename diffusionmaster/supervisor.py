@@ -382,7 +382,7 @@ class Supervisor:
         self._emit(listeners, state)
 
     def _enter(self, state: State) -> list[StateListener]:
-        # Called with _lock held: change state, wake waiters, return the listeners to call
+        # Called with _lock held: change state, return the listeners to call
         # (after the lock is released).
         self._state = state
         return list(self._listeners)

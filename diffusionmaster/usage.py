@@ -65,25 +65,18 @@ FAILED = Usage(failed=1)
 class UsageMeter:
     """A running :class:`Usage` total. Thread-safe."""
 
-    __slots__ = ("_cost", "_failed", "_images", "_lock", "_tasks")
+    __slots__ = ("_lock", "_total")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # Counters, not a Usage: adding builds no object (it runs as every call ends).
-        self._tasks = self._failed = self._images = 0
-        self._cost = _ZERO
+        self._total = Usage()
 
     def add(self, usage: Usage) -> None:
         """Add ``usage`` to the total."""
         with self._lock:
-            self._tasks += usage.tasks
-            self._failed += usage.failed
-            self._images += usage.images
-            if usage.cost:
-                self._cost += usage.cost
+            self._total = self._total + usage
 
     @property
     def total(self) -> Usage:
         """The total so far."""
-        with self._lock:
-            return Usage(self._tasks, self._failed, self._images, self._cost)
+        return self._total
